@@ -1,0 +1,285 @@
+//! The wire contract between oomtrace's eBPF programs and its loader.
+//!
+//! Everything here is `#[repr(C)]`, fixed-width and padded explicitly, so that the bytes the kernel
+//! writes into the ring buffer mean the same on both sides. Layouts are pinned with `const`
+//! assertions: changing one is a deliberate act that must also touch the decoder and its fixtures.
+#![no_std]
+
+use core::mem::size_of;
+
+/// `TASK_COMM_LEN` in include/linux/sched.h (16 since the beginning of git history).
+pub const COMM_LEN: usize = 16;
+/// Kernel stack frames captured per record (`bpf_get_stack`, deepest frames are cut).
+pub const KSTACK_DEPTH: usize = 32;
+/// Levels of the memory-cgroup hierarchy walked upwards from the trigger's memcg.
+pub const MEMCG_LEVELS: usize = 8;
+/// An offset or field that the running kernel does not have.
+pub const ABSENT: u32 = u32::MAX;
+
+/// Ring-buffer record kinds. Zeroed memory (0) is never a valid kind.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    OomKill = 1,
+}
+
+/// How the record's victim was read. The numbering is part of the wire contract.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VictimSource {
+    /// `tp_btf/mark_victim`: a typed `struct task_struct *` to the victim.
+    TpBtf = 1,
+    /// Classic `tracepoint/oom/mark_victim`: the trace record's fields (layout from tracefs).
+    Tracepoint = 2,
+}
+
+/// Indices into the per-CPU `DROPS` array.
+pub mod drop_reason {
+    /// `bpf_ringbuf_reserve` failed: the ring buffer was full, the record is lost.
+    pub const RINGBUF_FULL: u32 = 0;
+    pub const COUNT: u32 = 4;
+}
+
+/// Bits of [`OomKill::flags`].
+pub mod flags {
+    /// `exact` was filled from `struct oom_control` (fentry/kprobe on `oom_kill_process`).
+    pub const EXACT: u32 = 1 << 0;
+    /// `reclaim` holds the trigger's most recent vmscan reclaim-begin record.
+    pub const RECLAIM: u32 = 1 << 1;
+    /// The victim's memory counters were read (its `mm` was reachable or the tracepoint carried them).
+    pub const VICTIM_MM: u32 = 1 << 2;
+    /// The victim's memcg id is known.
+    pub const VICTIM_MEMCG: u32 = 1 << 3;
+    /// The victim's uid is known.
+    pub const VICTIM_UID: u32 = 1 << 4;
+    /// The victim's oom_score_adj is known.
+    pub const VICTIM_SCORE_ADJ: u32 = 1 << 5;
+    /// `reclaim.kind` values.
+    pub const RECLAIM_MEMCG: u32 = 1;
+    pub const RECLAIM_DIRECT: u32 = 2;
+}
+
+/// A task as seen from the kernel: thread-group id (the user's "pid"), thread id, memcg and comm.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskIds {
+    pub tgid: u32,
+    pub tid: u32,
+    /// `cgroup->kn->id` of the task's memory cgroup: the cgroup directory's inode number.
+    pub memcg_id: u64,
+    pub comm: [u8; COMM_LEN],
+}
+const _: () = assert!(size_of::<TaskIds>() == 32);
+
+/// The victim's `mm` counters in KiB, as the kernel's own "Killed process" line prints them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MmCounters {
+    pub total_vm_kb: u64,
+    pub anon_rss_kb: u64,
+    pub file_rss_kb: u64,
+    pub shmem_rss_kb: u64,
+    pub swap_kb: u64,
+    pub pgtables_kb: u64,
+    pub hiwater_rss_kb: u64,
+}
+const _: () = assert!(size_of::<MmCounters>() == 56);
+
+/// One level of the memcg hierarchy: its id and its `memory` page counter, in pages.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemcgLevel {
+    pub id: u64,
+    pub usage_pages: u64,
+    pub max_pages: u64,
+}
+const _: () = assert!(size_of::<MemcgLevel>() == 24);
+
+/// Fields copied from `struct oom_control` at `oom_kill_process` entry (exact modes only).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OomControl {
+    /// `bpf_ktime_get_ns()` at `oom_kill_process` entry: one value per kill, shared by group members.
+    pub kill_ns: u64,
+    pub chosen_points: i64,
+    pub totalpages: u64,
+    /// memcg id of `oc->memcg` (0 for a global OOM).
+    pub memcg_id: u64,
+    pub gfp_mask: u64,
+    pub order: i32,
+    pub constraint: u32,
+    pub chosen_tgid: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<OomControl>() == 56);
+
+/// The trigger's latest `vmscan:mm_vmscan_{memcg,direct}_reclaim_begin` before the kill.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reclaim {
+    pub ts_ns: u64,
+    pub gfp_mask: u64,
+    pub order: i32,
+    /// [`flags::RECLAIM_MEMCG`] or [`flags::RECLAIM_DIRECT`].
+    pub kind: u32,
+}
+const _: () = assert!(size_of::<Reclaim>() == 24);
+
+/// One task killed by the OOM killer: emitted at `mark_victim`, once per killed task.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct OomKill {
+    /// [`RecordKind::OomKill`].
+    pub kind: u8,
+    /// [`VictimSource`].
+    pub victim_source: u8,
+    pub _pad0: [u8; 2],
+    /// [`flags`] bits.
+    pub flags: u32,
+    /// `bpf_ktime_get_boot_ns()` at `mark_victim`.
+    pub ts_boot_ns: u64,
+    pub victim: TaskIds,
+    pub trigger: TaskIds,
+    pub victim_mm: MmCounters,
+    pub victim_uid: u32,
+    pub victim_oom_score_adj: i32,
+    /// Trigger's memcg and its ancestors, nearest first; `memcg_depth` entries are valid.
+    pub memcg: [MemcgLevel; MEMCG_LEVELS],
+    pub memcg_depth: u32,
+    pub _pad1: u32,
+    pub exact: OomControl,
+    pub reclaim: Reclaim,
+    /// Bytes `bpf_get_stack` wrote into `kstack` (negative: its error).
+    pub kstack_bytes: i64,
+    pub kstack: [u64; KSTACK_DEPTH],
+}
+const _: () = assert!(size_of::<OomKill>() == 16 + 64 + 56 + 8 + 192 + 8 + 56 + 24 + 8 + 256);
+
+/// Kernel layout facts resolved by the loader from the running kernel's BTF and tracefs, handed to
+/// the programs as a frozen `.rodata` global. Offsets are in bytes; [`ABSENT`] means "not on this kernel".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    // struct task_struct
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub task_comm: u32,
+    pub task_mm: u32,
+    pub task_signal: u32,
+    pub task_cgroups: u32,
+    // struct signal_struct
+    pub signal_oom_score_adj: u32,
+    // struct mm_struct
+    pub mm_total_vm: u32,
+    pub mm_hiwater_rss: u32,
+    pub mm_pgtables_bytes: u32,
+    pub mm_rss_stat: u32,
+    /// Distance between two `rss_stat` counters (sizeof(struct percpu_counter) since 6.2, 8 before).
+    pub rss_stride: u32,
+    /// Offset of the counter value inside one element (`percpu_counter.count`, or 0 for atomic_long_t).
+    pub rss_value: u32,
+    /// `enum { MM_FILEPAGES, MM_ANONPAGES, MM_SWAPENTS, MM_SHMEMPAGES }` values.
+    pub rss_file_idx: u32,
+    pub rss_anon_idx: u32,
+    pub rss_swap_idx: u32,
+    pub rss_shmem_idx: u32,
+    // struct css_set / cgroup_subsys_state / cgroup / kernfs_node
+    pub css_set_subsys: u32,
+    /// `enum cgroup_subsys_id` value of `memory_cgrp_id` ([`ABSENT`] without CONFIG_MEMCG).
+    pub memory_cgrp_id: u32,
+    pub css_cgroup: u32,
+    pub css_parent: u32,
+    pub cgroup_kn: u32,
+    pub kn_id: u32,
+    // struct mem_cgroup / page_counter
+    pub memcg_memory: u32,
+    pub page_counter_usage: u32,
+    pub page_counter_max: u32,
+    // struct oom_control (exact modes)
+    pub oc_memcg: u32,
+    pub oc_gfp_mask: u32,
+    pub oc_order: u32,
+    pub oc_totalpages: u32,
+    pub oc_chosen: u32,
+    pub oc_chosen_points: u32,
+    pub oc_constraint: u32,
+    // tracepoint oom/mark_victim record layout (tracefs format)
+    pub tp_mv_pid: u32,
+    pub tp_mv_comm: u32,
+    pub tp_mv_total_vm: u32,
+    pub tp_mv_anon_rss: u32,
+    pub tp_mv_file_rss: u32,
+    pub tp_mv_shmem_rss: u32,
+    pub tp_mv_uid: u32,
+    pub tp_mv_pgtables: u32,
+    pub tp_mv_oom_score_adj: u32,
+    // tracepoints vmscan:mm_vmscan_{memcg,direct}_reclaim_begin (same layout on every kernel seen)
+    pub tp_reclaim_order: u32,
+    pub tp_reclaim_gfp: u32,
+    /// Size of the `gfp_flags` field (4 or 8).
+    pub tp_reclaim_gfp_size: u32,
+    /// log2(PAGE_SIZE) of the running kernel.
+    pub page_shift: u32,
+}
+const _: () = assert!(size_of::<Config>() == 46 * 4);
+
+impl Config {
+    /// Every offset absent: the programs read nothing until the loader fills it in.
+    pub const ABSENT: Self = Self {
+        task_pid: ABSENT,
+        task_tgid: ABSENT,
+        task_comm: ABSENT,
+        task_mm: ABSENT,
+        task_signal: ABSENT,
+        task_cgroups: ABSENT,
+        signal_oom_score_adj: ABSENT,
+        mm_total_vm: ABSENT,
+        mm_hiwater_rss: ABSENT,
+        mm_pgtables_bytes: ABSENT,
+        mm_rss_stat: ABSENT,
+        rss_stride: 8,
+        rss_value: 0,
+        rss_file_idx: ABSENT,
+        rss_anon_idx: ABSENT,
+        rss_swap_idx: ABSENT,
+        rss_shmem_idx: ABSENT,
+        css_set_subsys: ABSENT,
+        memory_cgrp_id: ABSENT,
+        css_cgroup: ABSENT,
+        css_parent: ABSENT,
+        cgroup_kn: ABSENT,
+        kn_id: ABSENT,
+        memcg_memory: ABSENT,
+        page_counter_usage: ABSENT,
+        page_counter_max: ABSENT,
+        oc_memcg: ABSENT,
+        oc_gfp_mask: ABSENT,
+        oc_order: ABSENT,
+        oc_totalpages: ABSENT,
+        oc_chosen: ABSENT,
+        oc_chosen_points: ABSENT,
+        oc_constraint: ABSENT,
+        tp_mv_pid: ABSENT,
+        tp_mv_comm: ABSENT,
+        tp_mv_total_vm: ABSENT,
+        tp_mv_anon_rss: ABSENT,
+        tp_mv_file_rss: ABSENT,
+        tp_mv_shmem_rss: ABSENT,
+        tp_mv_uid: ABSENT,
+        tp_mv_pgtables: ABSENT,
+        tp_mv_oom_score_adj: ABSENT,
+        tp_reclaim_order: ABSENT,
+        tp_reclaim_gfp: ABSENT,
+        tp_reclaim_gfp_size: 8,
+        page_shift: 12,
+    };
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are `#[repr(C)]`, made only of integers and arrays of integers, with every
+    // padding byte spelled out as a field: any bit pattern is a valid value.
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::OomControl {}
+    unsafe impl aya::Pod for super::Reclaim {}
+}
