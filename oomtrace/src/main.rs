@@ -1,1 +1,102 @@
-fn main(){}
+//! oomtrace: an eBPF tracer for Linux OOM kills. See README.md and docs/events.md.
+//!
+//! Exit codes: 0 clean stop (signal, or the reader closed stdout), 1 runtime or setup failure,
+//! 2 usage error.
+
+mod btf;
+mod caps;
+mod cgroup;
+mod check;
+mod enrich;
+mod event;
+mod ksyms;
+mod layout;
+mod loader;
+mod output;
+mod record;
+mod run;
+mod tracefs;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+use crate::{loader::AttachMode, output::Format};
+
+/// Trace Linux OOM kills with eBPF: who was killed, who triggered it, which cgroup limit fired.
+///
+/// Events go to stdout as JSON Lines (one object per line); logs go to stderr.
+/// Exit codes: 0 clean stop, 1 runtime or setup failure, 2 usage error.
+#[derive(Debug, Parser)]
+#[command(name = "oomtrace", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Stream OOM kills until SIGINT/SIGTERM (needs root, or CAP_BPF + CAP_PERFMON).
+    Run(RunArgs),
+    /// Report what this kernel offers and which attach mode `run` would use.
+    Check,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    format: Format,
+    /// Append to this file instead of writing to stdout.
+    #[arg(long, short, value_name = "PATH")]
+    output: Option<PathBuf>,
+    /// How to attach to the kernel (auto picks the best that works).
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+    attach: AttachMode,
+    /// Kernel ring buffer size in bytes: a power of two, 4096..=1073741824.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = parse_ring_size)]
+    ring_size: u32,
+    /// Host name put in every record (default: this machine's; on Kubernetes pass the node name).
+    #[arg(long, value_name = "NAME")]
+    host: Option<String>,
+}
+
+fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|_| format!("`{s}` is not a number of bytes"))?;
+    if !(4096..=1 << 30).contains(&n) || !n.is_power_of_two() {
+        return Err(format!("{n} is not a power of two between 4096 and 1073741824"));
+    }
+    Ok(n)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp(None)
+        .format_target(false)
+        .init();
+    let result = match cli.command {
+        Command::Check => check::run().map(|ok| if ok { ExitCode::SUCCESS } else { ExitCode::from(1) }),
+        Command::Run(a) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| {
+                rt.block_on(run::run(run::Options {
+                    format: a.format,
+                    output: a.output,
+                    attach: a.attach,
+                    ring_size: a.ring_size,
+                    host: a.host,
+                }))
+            })
+            .map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("oomtrace: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! Turns a raw kernel record into the public `oom_kill` event: names cgroups, symbolizes the
+//! stack, infers what the tracepoint modes cannot read, and groups `memory.oom.group` kills.
+
+use std::{fs, sync::Arc};
+
+use oomtrace_common::{MemcgLevel, OomKill, VictimSource, flags};
+
+use crate::{
+    cgroup::Resolver,
+    event::{self, Allocation, Cgroup, OomMemcg, Trigger, Victim},
+    ksyms::{self, Ksyms},
+    record::comm,
+};
+
+/// `PAGE_COUNTER_MAX` is LONG_MAX / PAGE_SIZE (include/linux/page_counter.h, v6.18); anything this
+/// large is "no limit".
+const UNLIMITED_PAGES: u64 = 1 << 50;
+
+/// `enum oom_constraint` (include/linux/oom.h, v6.18; unchanged since 2.6.35).
+fn constraint_name(c: u32) -> &'static str {
+    match c {
+        1 => "cpuset",
+        2 => "mempolicy",
+        3 => "memcg",
+        _ => "global",
+    }
+}
+
+/// System-wide facts the inference needs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Machine {
+    pub page_size: u64,
+    pub ram_pages: u64,
+    pub swap_pages: u64,
+}
+
+impl Machine {
+    pub fn read() -> Self {
+        let page_size = 1u64 << crate::layout::page_shift();
+        let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let kb = |key: &str| {
+            meminfo
+                .lines()
+                .find_map(|l| l.strip_prefix(key)?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        Self {
+            page_size,
+            ram_pages: kb("MemTotal:") * 1024 / page_size,
+            swap_pages: kb("SwapTotal:") * 1024 / page_size,
+        }
+    }
+}
+
+pub struct Enricher {
+    pub cgroups: Resolver,
+    pub ksyms: Option<Arc<Ksyms>>,
+    pub machine: Machine,
+    /// (trigger tid, kill key, kill_id) of the previous record, to group one OOM's victims.
+    last_kill: Option<(u32, u64, u64)>,
+}
+
+/// Picks the memcg whose limit fired from the trigger's hierarchy walk: the nearest level that
+/// could not take `1 << order` more pages — try_charge_memcg() charges bottom-up and stops at the
+/// first counter over its max (mm/memcontrol.c, v6.18). A little slack covers pages freed or
+/// charged by other tasks between the failed charge and the kill.
+pub fn infer_oom_memcg(levels: &[MemcgLevel], order: i32) -> Option<usize> {
+    let nr = 1u64 << order.clamp(0, 10);
+    let limited = |l: &&MemcgLevel| l.max_pages < UNLIMITED_PAGES;
+    let exact = levels
+        .iter()
+        .position(|l| limited(&l) && l.usage_pages.saturating_add(nr) > l.max_pages);
+    exact.or_else(|| {
+        let slack = nr.max(64);
+        levels
+            .iter()
+            .position(|l| limited(&l) && l.usage_pages.saturating_add(slack) > l.max_pages)
+    })
+}
+
+impl Enricher {
+    pub fn new(cgroups: Resolver, ksyms: Option<Arc<Ksyms>>, machine: Machine) -> Self {
+        Self { cgroups, ksyms, machine, last_kill: None }
+    }
+
+    fn cgroup(&mut self, id: u64, pid_hint: u32) -> Option<Cgroup> {
+        if id == 0 {
+            return None;
+        }
+        let mut path = self.cgroups.path(id);
+        if path.is_none() && pid_hint != 0 {
+            path = self.cgroups.hint_pid(pid_hint).filter(|(i, _)| *i == id).map(|(_, p)| p);
+        }
+        Some(Cgroup { id, path })
+    }
+
+    fn stack(&self, rec: &OomKill) -> Vec<String> {
+        let n = usize::try_from(rec.kstack_bytes.max(0)).unwrap_or(0) / 8;
+        let frames = rec.kstack.iter().take(n.min(rec.kstack.len())).copied();
+        let mut out: Vec<String> = match &self.ksyms {
+            Some(k) => frames.map(|a| k.symbolize(a)).collect(),
+            None => frames.map(|a| format!("{a:#x}")).collect(),
+        };
+        let glue = out.iter().take_while(|f| ksyms::is_bpf_glue(f)).count();
+        out.drain(..glue);
+        out
+    }
+
+    /// Builds the event. `seq` is the sequence number this record will carry.
+    pub fn oom_kill(&mut self, rec: &OomKill, seq: u64, attach: &'static str) -> event::OomKill {
+        let mut inferred = Vec::new();
+        let exact = rec.flags & flags::EXACT != 0;
+        let has = |f: u32| rec.flags & f != 0;
+        let levels = &rec.memcg[..(rec.memcg_depth as usize).min(rec.memcg.len())];
+        let page = self.machine.page_size;
+        let kernel_stack = self.stack(rec);
+
+        // The memcg whose limit fired, the constraint and totalpages.
+        let (oom_memcg, constraint, totalpages) = if exact {
+            let e = &rec.exact;
+            let memcg = (e.memcg_id != 0).then(|| {
+                let lvl = levels.iter().find(|l| l.id == e.memcg_id);
+                OomMemcg {
+                    id: e.memcg_id,
+                    path: self.cgroups.path(e.memcg_id),
+                    source: "oom_control",
+                    limit_bytes: lvl.map(|l| l.max_pages * page),
+                    usage_bytes: lvl.map(|l| l.usage_pages * page),
+                }
+            });
+            (memcg, constraint_name(e.constraint), Some(e.totalpages))
+        } else {
+            inferred.extend(["oom_memcg", "constraint", "totalpages"]);
+            let order = if has(flags::RECLAIM) { rec.reclaim.order } else { 0 };
+            match infer_oom_memcg(levels, order) {
+                Some(i) => {
+                    let l = levels[i];
+                    let memcg = OomMemcg {
+                        id: l.id,
+                        path: self.cgroups.path(l.id),
+                        source: "inferred",
+                        limit_bytes: Some(l.max_pages * page),
+                        usage_bytes: Some(l.usage_pages * page),
+                    };
+                    // mem_cgroup_get_max(): the limit plus the swap it may use (mm/memcontrol.c v6.18).
+                    (Some(memcg), "memcg", Some(l.max_pages + self.machine.swap_pages))
+                }
+                None => (None, "global", Some(self.machine.ram_pages + self.machine.swap_pages)),
+            }
+        };
+
+        // Victim.
+        let v = &rec.victim;
+        let mm = has(flags::VICTIM_MM).then_some(&rec.victim_mm);
+        let from_btf = rec.victim_source == VictimSource::TpBtf as u8;
+        let victim_tgid = if v.tgid != 0 {
+            Some(v.tgid)
+        } else {
+            tgid_of(v.tid)
+        };
+        let victim_cgroup = if has(flags::VICTIM_MEMCG) {
+            self.cgroup(v.memcg_id, victim_tgid.unwrap_or(0))
+        } else {
+            // Classic tracepoint, victim != trigger: ask procfs while the victim still exists.
+            inferred.push("victim.cgroup");
+            self.cgroups
+                .hint_pid(v.tid)
+                .map(|(id, path)| Cgroup { id, path: Some(path) })
+        };
+        let points = if exact {
+            Some(rec.exact.chosen_points).filter(|_| rec.exact.chosen_tgid == v.tgid)
+        } else {
+            // oom_badness(): rss + swap + page tables (in pages) + oom_score_adj * totalpages / 1000
+            // (mm/oom_kill.c, v6.18).
+            match (mm, has(flags::VICTIM_SCORE_ADJ), totalpages) {
+                (Some(m), true, Some(total)) if from_btf => {
+                    inferred.push("victim.points");
+                    let kb_per_page = page / 1024;
+                    let pages = (m.anon_rss_kb + m.file_rss_kb + m.shmem_rss_kb + m.swap_kb) / kb_per_page
+                        + m.pgtables_kb * 1024 / page;
+                    Some(pages as i64 + i64::from(rec.victim_oom_score_adj) * (total / 1000) as i64)
+                }
+                _ => None,
+            }
+        };
+        let victim = Victim {
+            pid: victim_tgid,
+            tid: v.tid,
+            comm: comm(&v.comm),
+            uid: has(flags::VICTIM_UID).then_some(rec.victim_uid),
+            oom_score_adj: has(flags::VICTIM_SCORE_ADJ).then_some(rec.victim_oom_score_adj),
+            points,
+            total_vm_kb: mm.map(|m| m.total_vm_kb),
+            anon_rss_kb: mm.map(|m| m.anon_rss_kb),
+            file_rss_kb: mm.map(|m| m.file_rss_kb),
+            shmem_rss_kb: mm.map(|m| m.shmem_rss_kb),
+            pgtables_kb: mm.map(|m| m.pgtables_kb),
+            swap_kb: mm.filter(|_| from_btf).map(|m| m.swap_kb),
+            hiwater_rss_kb: mm.filter(|_| from_btf).map(|m| m.hiwater_rss_kb),
+            cgroup: victim_cgroup,
+        };
+
+        let t = &rec.trigger;
+        let trigger = Trigger {
+            pid: t.tgid,
+            tid: t.tid,
+            comm: comm(&t.comm),
+            cgroup: self.cgroup(t.memcg_id, t.tgid),
+        };
+
+        let allocation = if exact {
+            Allocation {
+                gfp_mask: Some(format!("{:#x}", rec.exact.gfp_mask)),
+                order: Some(rec.exact.order),
+                source: Some("oom_control"),
+                kernel_stack,
+            }
+        } else if has(flags::RECLAIM) {
+            inferred.extend(["allocation.gfp_mask", "allocation.order"]);
+            Allocation {
+                gfp_mask: Some(format!("{:#x}", rec.reclaim.gfp_mask)),
+                order: Some(rec.reclaim.order),
+                source: Some(if rec.reclaim.kind == flags::RECLAIM_DIRECT {
+                    "direct_reclaim"
+                } else {
+                    "memcg_reclaim"
+                }),
+                kernel_stack,
+            }
+        } else {
+            Allocation { gfp_mask: None, order: None, source: None, kernel_stack }
+        };
+
+        // One OOM can kill several tasks (memory.oom.group): they share a kill_id. With
+        // oom_control we know the kill exactly; otherwise a group member is recognised by its
+        // stack (mem_cgroup_scan_tasks -> oom_kill_memcg_member, mm/oom_kill.c v6.18).
+        let key = if exact { rec.exact.kill_ns } else { 0 };
+        let member = !exact && allocation.kernel_stack.iter().any(|f| f.starts_with("oom_kill_memcg_member"));
+        let kill_id = match self.last_kill {
+            Some((tid, k, id)) if tid == t.tid && ((exact && k == key) || member) => id,
+            _ => seq,
+        };
+        if !exact {
+            inferred.push("kill_id");
+        }
+        self.last_kill = Some((t.tid, key, kill_id));
+
+        event::OomKill {
+            kill_id,
+            attach,
+            victim,
+            trigger,
+            oom_memcg,
+            constraint,
+            totalpages,
+            allocation,
+            inferred,
+        }
+    }
+}
+
+/// Tgid of a live thread, from /proc/<tid>/status.
+fn tgid_of(tid: u32) -> Option<u32> {
+    let s = fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    s.lines().find_map(|l| l.strip_prefix("Tgid:")?.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::tests::sample;
+
+    fn lvl(id: u64, usage: u64, max: u64) -> MemcgLevel {
+        MemcgLevel { id, usage_pages: usage, max_pages: max }
+    }
+
+    #[test]
+    fn picks_the_nearest_memcg_at_its_limit() {
+        let unl = UNLIMITED_PAGES + 5;
+        // child at its limit
+        assert_eq!(infer_oom_memcg(&[lvl(3, 100, 100), lvl(2, 500, 1000), lvl(1, 9, unl)], 0), Some(0));
+        // child has room, parent is full: the parent's limit fired
+        assert_eq!(infer_oom_memcg(&[lvl(3, 10, 1000), lvl(2, 1000, 1000), lvl(1, 9, unl)], 0), Some(1));
+        // an order-9 charge does not fit in 100 free pages
+        assert_eq!(infer_oom_memcg(&[lvl(3, 900, 1000), lvl(1, 9, unl)], 9), Some(0));
+        // nobody near a limit: global
+        assert_eq!(infer_oom_memcg(&[lvl(3, 10, unl), lvl(1, 9, unl)], 0), None);
+        // slack: 30 pages below the limit after another task freed some
+        assert_eq!(infer_oom_memcg(&[lvl(3, 970, 1000), lvl(1, 9, unl)], 0), Some(0));
+        assert_eq!(infer_oom_memcg(&[], 0), None);
+    }
+
+    #[test]
+    fn builds_an_inferred_event_from_a_tp_btf_record() {
+        let machine = Machine { page_size: 4096, ram_pages: 1 << 20, swap_pages: 0 };
+        let mut e = Enricher::new(Resolver::new(None), None, machine);
+        let rec = sample();
+        let ev = e.oom_kill(&rec, 7, "tp_btf");
+        assert_eq!(ev.kill_id, 7);
+        assert_eq!(ev.victim.pid, Some(100));
+        assert_eq!(ev.victim.comm, "hog");
+        assert_eq!(ev.trigger.comm, "trigger");
+        let m = ev.oom_memcg.as_ref().unwrap();
+        assert_eq!((m.id, m.source, m.limit_bytes), (4242, "inferred", Some(16384 * 4096)));
+        assert_eq!(ev.constraint, "memcg");
+        assert_eq!(ev.totalpages, Some(16384));
+        assert!(ev.inferred.contains(&"oom_memcg"));
+        assert_eq!(ev.allocation.gfp_mask, None);
+        assert_eq!(ev.allocation.kernel_stack, vec!["0xffffffff81000010".to_owned()]);
+        // a second, unrelated kill by another trigger gets its own id
+        let mut rec2 = sample();
+        rec2.trigger.tid = 999;
+        assert_eq!(e.oom_kill(&rec2, 9, "tp_btf").kill_id, 9);
+    }
+
+    #[test]
+    fn exact_records_group_by_kill() {
+        let machine = Machine { page_size: 4096, ram_pages: 1 << 20, swap_pages: 0 };
+        let mut e = Enricher::new(Resolver::new(None), None, machine);
+        let mut rec = sample();
+        rec.flags |= flags::EXACT;
+        rec.exact.kill_ns = 55;
+        rec.exact.constraint = 3;
+        rec.exact.memcg_id = 4242;
+        rec.exact.totalpages = 16384;
+        rec.exact.gfp_mask = 0x140cca;
+        rec.exact.chosen_tgid = 100;
+        rec.exact.chosen_points = 1234;
+        let a = e.oom_kill(&rec, 1, "fentry");
+        let b = e.oom_kill(&rec, 2, "fentry");
+        rec.exact.kill_ns = 56;
+        let c = e.oom_kill(&rec, 3, "fentry");
+        assert_eq!((a.kill_id, b.kill_id, c.kill_id), (1, 1, 3));
+        assert_eq!(a.allocation.gfp_mask.as_deref(), Some("0x140cca"));
+        assert_eq!(a.victim.points, Some(1234));
+        assert_eq!(a.oom_memcg.unwrap().source, "oom_control");
+        assert!(a.inferred.is_empty());
+    }
+}

@@ -1,0 +1,134 @@
+//! The JSON Lines wire types: the public contract documented in docs/events.md and
+//! docs/events.schema.json. Fields are only ever added, never renamed or removed.
+
+use serde::Serialize;
+
+/// Bumped only if a field ever changes meaning (it never should; additions keep the version).
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Every line: the envelope fields, then the type's own fields.
+#[derive(Debug, Serialize)]
+pub struct Line<'a, T: Serialize> {
+    pub schema: u32,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub seq: u64,
+    pub time: String,
+    pub boot_ns: u64,
+    pub host: &'a str,
+    #[serde(flatten)]
+    pub body: &'a T,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Start {
+    pub version: &'static str,
+    pub kernel: String,
+    /// Hook → how it is attached (`fentry`, `kprobe`, `tp_btf`, `tracepoint`), or null when not attached.
+    pub attach: AttachReport,
+    pub cgroup: CgroupReport,
+    pub btf: bool,
+    pub ring_buffer_bytes: u32,
+    pub pid: u32,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AttachReport {
+    /// The mode records are labelled with: fentry | kprobe | tp_btf | tracepoint.
+    pub mode: &'static str,
+    pub oom_kill_process: Option<&'static str>,
+    pub mark_victim: &'static str,
+    pub reclaim_begin: Option<&'static str>,
+    /// Why each better mode was not used.
+    pub fallbacks: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CgroupReport {
+    pub version: Option<u8>,
+    pub memory_controller: bool,
+    pub mount: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Cgroup {
+    pub id: u64,
+    pub path: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Victim {
+    pub pid: Option<u32>,
+    pub tid: u32,
+    pub comm: String,
+    pub uid: Option<u32>,
+    pub oom_score_adj: Option<i32>,
+    pub points: Option<i64>,
+    pub total_vm_kb: Option<u64>,
+    pub anon_rss_kb: Option<u64>,
+    pub file_rss_kb: Option<u64>,
+    pub shmem_rss_kb: Option<u64>,
+    pub pgtables_kb: Option<u64>,
+    pub swap_kb: Option<u64>,
+    pub hiwater_rss_kb: Option<u64>,
+    pub cgroup: Option<Cgroup>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Trigger {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub cgroup: Option<Cgroup>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OomMemcg {
+    pub id: u64,
+    pub path: Option<String>,
+    /// `oom_control` (read from the kernel's struct) or `inferred` (the trigger's nearest ancestor at its limit).
+    pub source: &'static str,
+    pub limit_bytes: Option<u64>,
+    pub usage_bytes: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Allocation {
+    /// Hex, e.g. "0x140cca".
+    pub gfp_mask: Option<String>,
+    pub order: Option<i32>,
+    /// `oom_control`, `memcg_reclaim`, `direct_reclaim`, or null when unknown.
+    pub source: Option<&'static str>,
+    pub kernel_stack: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OomKill {
+    pub kill_id: u64,
+    pub attach: &'static str,
+    pub victim: Victim,
+    pub trigger: Trigger,
+    pub oom_memcg: Option<OomMemcg>,
+    pub constraint: &'static str,
+    pub totalpages: Option<u64>,
+    pub allocation: Allocation,
+    /// Fields whose value was derived rather than read from `struct oom_control`.
+    pub inferred: Vec<&'static str>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Lost {
+    /// `ring_buffer_full` (the kernel could not reserve room) or `decode_error`.
+    pub reason: &'static str,
+    /// Records lost since the previous `lost` line of this reason.
+    pub count: u64,
+    /// Records lost for this reason since start.
+    pub total: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Stop {
+    pub reason: &'static str,
+    pub oom_kills: u64,
+    pub lost: u64,
+}

@@ -1,0 +1,280 @@
+//! The kernel-facing side: resolve layouts, load the eBPF object, attach each hook in the best mode
+//! this kernel offers, and hand back the ring buffer and drop counters.
+
+use std::{fmt, path::PathBuf, time::Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, FEntry, KProbe, TracePoint},
+};
+use clap::ValueEnum;
+use oomtrace_common::{Config, drop_reason};
+
+use crate::{btf, event::AttachReport, layout, tracefs};
+
+/// The eBPF object, built by build.rs (see xtask/src/ebpf.rs) and embedded: the binary is one file.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/oomtrace.bpf.o"));
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AttachMode {
+    /// Best available: fentry, then kprobe, then tp_btf, then tracepoint.
+    Auto,
+    /// fentry on oom_kill_process (exact struct oom_control) + tp_btf on mark_victim.
+    Fentry,
+    /// kprobe on oom_kill_process (exact struct oom_control) + tp_btf on mark_victim.
+    Kprobe,
+    /// tp_btf on mark_victim (typed task_struct; oom_control fields inferred).
+    TpBtf,
+    /// Classic tracepoint oom/mark_victim (layout from tracefs; works without BTF).
+    Tracepoint,
+}
+
+impl AttachMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Fentry => "fentry",
+            Self::Kprobe => "kprobe",
+            Self::TpBtf => "tp_btf",
+            Self::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+impl fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What the running kernel offers, resolved once.
+pub struct KernelInfo {
+    pub cfg: Config,
+    pub btf: Option<btf::Btf>,
+    pub btf_error: Option<String>,
+    pub btf_missing: Vec<String>,
+    pub tracefs: Option<PathBuf>,
+    pub mark_victim_format: Option<tracefs::Format>,
+    pub reclaim_format: Option<tracefs::Format>,
+}
+
+impl KernelInfo {
+    pub fn probe() -> Self {
+        let mut cfg = Config::ABSENT;
+        cfg.page_shift = layout::page_shift();
+        let (btf, btf_error, btf_missing) = match btf::Btf::from_sys_fs() {
+            Ok(b) => {
+                let missing = layout::from_btf(&b, &mut cfg);
+                (Some(b), None, missing)
+            }
+            Err(e) => (None, Some(format!("{e:#}")), Vec::new()),
+        };
+        let tracefs = tracefs::root();
+        let read = |cat, name| {
+            let root = tracefs.as_ref()?;
+            tracefs::read_format(root, cat, name)
+                .map_err(|e| log::debug!("{e:#}"))
+                .ok()
+        };
+        let mark_victim_format = read("oom", "mark_victim");
+        if let Some(f) = &mark_victim_format {
+            layout::from_mark_victim(f, &mut cfg);
+        }
+        let reclaim_format = read("vmscan", "mm_vmscan_memcg_reclaim_begin");
+        if let Some(f) = &reclaim_format {
+            layout::from_reclaim_begin(f, &mut cfg);
+        }
+        Self {
+            cfg,
+            btf,
+            btf_error,
+            btf_missing,
+            tracefs,
+            mark_victim_format,
+            reclaim_format,
+        }
+    }
+}
+
+pub struct Attached {
+    pub ebpf: Ebpf,
+    pub report: AttachReport,
+}
+
+/// First line of an error chain, for one-line fallback reasons.
+fn short(e: &dyn fmt::Display) -> String {
+    let s = format!("{e:#}");
+    let s = s.lines().next().unwrap_or_default().to_owned();
+    if s.len() > 240 { format!("{}…", &s[..s.floor_char_boundary(240)]) } else { s }
+}
+
+pub fn load(info: &KernelInfo, ring_bytes: u32) -> Result<Ebpf> {
+    let t = Instant::now();
+    let ebpf = EbpfLoader::new()
+        .override_global("CONFIG", &info.cfg, true)
+        .map_max_entries("EVENTS", ring_bytes)
+        .load(EBPF_OBJECT)
+        .context("failed to load the eBPF object (maps)")?;
+    log::debug!("object loaded in {:?}", t.elapsed());
+    Ok(ebpf)
+}
+
+/// Attaches every hook in the best mode `want` allows, recording why better modes failed.
+pub fn attach(info: &KernelInfo, want: AttachMode, ring_bytes: u32) -> Result<Attached> {
+    let mut ebpf = load(info, ring_bytes)?;
+    let mut report = AttachReport::default();
+    let aya_btf = if info.btf.is_some() && want != AttachMode::Tracepoint {
+        let t = Instant::now();
+        let b = aya::Btf::from_sys_fs().map_err(|e| log::warn!("failed to parse kernel BTF with aya: {e}"));
+        log::debug!("aya BTF parsed in {:?}", t.elapsed());
+        b.ok()
+    } else {
+        None
+    };
+
+    // 1. The exact hook on oom_kill_process: fentry, then kprobe.
+    let exact_ok = info.btf_missing.iter().all(|m| !m.starts_with("oom_control."));
+    if matches!(want, AttachMode::Auto | AttachMode::Fentry) {
+        let r = match (&aya_btf, exact_ok) {
+            (Some(btf), true) => attach_fentry(&mut ebpf, btf),
+            (None, _) => Err(anyhow!("needs kernel BTF ({})", info.btf_error.as_deref().unwrap_or("not parsed"))),
+            (_, false) => Err(anyhow!("struct oom_control not fully described by BTF")),
+        };
+        match r {
+            Ok(()) => report.oom_kill_process = Some("fentry"),
+            Err(e) if want == AttachMode::Fentry => {
+                return Err(e.context("failed to attach fentry to oom_kill_process (try --attach auto)"));
+            }
+            Err(e) => report.fallbacks.push(format!("fentry: {}", short(&e))),
+        }
+    }
+    if report.oom_kill_process.is_none() && matches!(want, AttachMode::Auto | AttachMode::Kprobe) {
+        let r = if info.btf.is_some() && exact_ok {
+            attach_kprobe(&mut ebpf)
+        } else {
+            Err(anyhow!("needs struct oom_control offsets from kernel BTF"))
+        };
+        match r {
+            Ok(()) => report.oom_kill_process = Some("kprobe"),
+            Err(e) if want == AttachMode::Kprobe => {
+                return Err(e.context("failed to attach a kprobe to oom_kill_process (try --attach auto)"));
+            }
+            Err(e) => report.fallbacks.push(format!("kprobe: {}", short(&e))),
+        }
+    }
+
+    // 2. The per-victim hook on mark_victim: tp_btf, then the classic tracepoint.
+    let mut mark_victim = None;
+    if want != AttachMode::Tracepoint {
+        let r = match &aya_btf {
+            Some(btf) => attach_tp_btf(&mut ebpf, btf),
+            None => Err(anyhow!("needs kernel BTF ({})", info.btf_error.as_deref().unwrap_or("not parsed"))),
+        };
+        match r {
+            Ok(()) => mark_victim = Some("tp_btf"),
+            Err(e) if want == AttachMode::TpBtf => {
+                return Err(e.context("failed to attach tp_btf/mark_victim (try --attach tracepoint)"));
+            }
+            Err(e) => report.fallbacks.push(format!("tp_btf: {}", short(&e))),
+        }
+    }
+    if mark_victim.is_none() {
+        if info.mark_victim_format.is_none() {
+            bail!(
+                "no way to attach to oom:mark_victim: {}",
+                if info.tracefs.is_none() {
+                    "tracefs is not mounted (mount -t tracefs tracefs /sys/kernel/tracing)".to_owned()
+                } else {
+                    "its tracefs format is missing (is CONFIG_TRACEPOINTS on?)".to_owned()
+                }
+            );
+        }
+        attach_tracepoint(&mut ebpf, "mark_victim_tp", "oom", "mark_victim")
+            .context("failed to attach tracepoint oom/mark_victim")?;
+        mark_victim = Some("tracepoint");
+    }
+    report.mark_victim = mark_victim.unwrap_or("tracepoint");
+    report.mode = report.oom_kill_process.unwrap_or(report.mark_victim);
+
+    // 3. Optional: reclaim-begin records for gfp/order where oom_control is not available.
+    if report.oom_kill_process.is_none() {
+        if info.reclaim_format.is_some() {
+            let a = attach_tracepoint(&mut ebpf, "memcg_reclaim_begin", "vmscan", "mm_vmscan_memcg_reclaim_begin")
+                .and_then(|()| {
+                    attach_tracepoint(&mut ebpf, "direct_reclaim_begin", "vmscan", "mm_vmscan_direct_reclaim_begin")
+                });
+            match a {
+                Ok(()) => report.reclaim_begin = Some("tracepoint"),
+                Err(e) => log::warn!("allocation gfp_mask/order will be unknown: {}", short(&e)),
+            }
+        } else {
+            log::warn!("allocation gfp_mask/order will be unknown: no vmscan reclaim tracepoints in tracefs");
+        }
+    }
+    Ok(Attached { ebpf, report })
+}
+
+fn attach_fentry(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<()> {
+    let p: &mut FEntry = ebpf
+        .program_mut("oom_kill_process_fentry")
+        .context("program missing from object")?
+        .try_into()?;
+    p.load("oom_kill_process", btf).map_err(verifier_hint)?;
+    p.attach()?;
+    Ok(())
+}
+
+fn attach_kprobe(ebpf: &mut Ebpf) -> Result<()> {
+    let p: &mut KProbe = ebpf
+        .program_mut("oom_kill_process_kprobe")
+        .context("program missing from object")?
+        .try_into()?;
+    p.load().map_err(verifier_hint)?;
+    p.attach("oom_kill_process", 0)?;
+    Ok(())
+}
+
+fn attach_tp_btf(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<()> {
+    let p: &mut BtfTracePoint = ebpf
+        .program_mut("mark_victim_btf")
+        .context("program missing from object")?
+        .try_into()?;
+    p.load("mark_victim", btf).map_err(verifier_hint)?;
+    p.attach()?;
+    Ok(())
+}
+
+fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) -> Result<()> {
+    let p: &mut TracePoint = ebpf
+        .program_mut(prog)
+        .with_context(|| format!("program {prog} missing from object"))?
+        .try_into()?;
+    p.load().map_err(verifier_hint)?;
+    p.attach(category, name)?;
+    Ok(())
+}
+
+/// Keeps aya's error but logs the verifier's full output at debug level.
+fn verifier_hint(e: aya::programs::ProgramError) -> anyhow::Error {
+    if let aya::programs::ProgramError::LoadError { io_error, verifier_log } = &e {
+        log::debug!("verifier log:\n{verifier_log}");
+        return anyhow!("program load refused: {io_error}");
+    }
+    e.into()
+}
+
+pub fn take_maps(ebpf: &mut Ebpf) -> Result<(RingBuf<MapData>, PerCpuArray<MapData, u64>)> {
+    let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
+    let drops = PerCpuArray::try_from(ebpf.take_map("DROPS").context("DROPS map missing")?)?;
+    Ok((ring, drops))
+}
+
+/// Total records the kernel side could not reserve room for, summed over CPUs.
+pub fn ring_drops(drops: &PerCpuArray<MapData, u64>) -> u64 {
+    drops
+        .get(&drop_reason::RINGBUF_FULL, 0)
+        .map(|v| v.iter().sum())
+        .unwrap_or(0)
+}

@@ -1,0 +1,244 @@
+//! `oomtrace run`: attach, then stream every record until SIGINT/SIGTERM, then drain what the
+//! kernel already handed over and stop cleanly.
+
+use std::{path::PathBuf, sync::Arc, thread, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    caps, cgroup, check,
+    enrich::{Enricher, Machine},
+    event::{CgroupReport, Lost, Start, Stop},
+    ksyms::Ksyms,
+    loader::{self, AttachMode, KernelInfo},
+    output::{Clock, Format, Sink, WriteError, human_bytes},
+    record::{self, Record},
+};
+
+pub struct Options {
+    pub format: Format,
+    pub output: Option<PathBuf>,
+    pub attach: AttachMode,
+    pub ring_size: u32,
+    pub host: Option<String>,
+}
+
+/// How often kernel-side drop counters are polled when no record arrives.
+const DROP_POLL: Duration = Duration::from_secs(1);
+
+struct Stream {
+    sink: Sink,
+    enricher: Enricher,
+    ksyms: Option<thread::JoinHandle<Option<Ksyms>>>,
+    mode: &'static str,
+    kills: u64,
+    ring_lost: u64,
+    decode_lost: u64,
+}
+
+impl Stream {
+    fn emit_lost(&mut self, reason: &'static str, count: u64, total: u64) -> Result<(), WriteError> {
+        let body = Lost { reason, count, total };
+        let text = format!("lost {count} record(s): {reason} ({total} since start)");
+        self.sink.emit("lost", Clock::now_boot_ns(), &body, Some(text))
+    }
+
+    fn check_drops(&mut self, drops: &PerCpuArray<MapData, u64>) -> Result<(), WriteError> {
+        let total = loader::ring_drops(drops);
+        if total > self.ring_lost {
+            let delta = total - self.ring_lost;
+            self.ring_lost = total;
+            self.emit_lost("ring_buffer_full", delta, total)?;
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, bytes: &[u8]) -> Result<(), WriteError> {
+        match record::decode(bytes) {
+            Ok(Record::OomKill(rec)) => {
+                if let Some(h) = self.ksyms.take() {
+                    self.enricher.ksyms = h.join().ok().flatten().map(Arc::new);
+                }
+                let seq = self.sink.next_seq();
+                let ev = self.enricher.oom_kill(&rec, seq, self.mode);
+                let text = text_line(&ev);
+                self.kills += 1;
+                self.sink.emit("oom_kill", rec.ts_boot_ns, &ev, Some(text))
+            }
+            Err(e) => {
+                log::warn!("dropping an undecodable record: {e:#}");
+                self.decode_lost += 1;
+                let total = self.decode_lost;
+                self.emit_lost("decode_error", 1, total)
+            }
+        }
+    }
+
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<(), WriteError> {
+        while let Some(item) = ring.next() {
+            self.handle(&item)?;
+        }
+        Ok(())
+    }
+}
+
+fn text_line(ev: &crate::event::OomKill) -> String {
+    let v = &ev.victim;
+    let kb = |x: Option<u64>| x.map_or("?".to_owned(), |k| human_bytes(k * 1024));
+    let cg = |c: &Option<crate::event::Cgroup>| {
+        c.as_ref()
+            .map(|c| c.path.clone().unwrap_or_else(|| format!("id:{}", c.id)))
+            .unwrap_or_else(|| "?".to_owned())
+    };
+    let limit = match &ev.oom_memcg {
+        Some(m) => format!(
+            "memcg limit {} of {}",
+            m.limit_bytes.map_or("?".to_owned(), human_bytes),
+            m.path.clone().unwrap_or_else(|| format!("id:{}", m.id))
+        ),
+        None => format!("{} OOM", ev.constraint),
+    };
+    format!(
+        "oom_kill pid {} ({}) in {} killed; trigger pid {} ({}) in {}; {}; rss anon {} file {} shmem {}, total-vm {}",
+        v.pid.unwrap_or(v.tid),
+        v.comm,
+        cg(&v.cgroup),
+        ev.trigger.pid,
+        ev.trigger.comm,
+        cg(&ev.trigger.cgroup),
+        limit,
+        kb(v.anon_rss_kb),
+        kb(v.file_rss_kb),
+        kb(v.shmem_rss_kb),
+        kb(v.total_vm_kb),
+    )
+}
+
+fn hostname(over: Option<String>) -> String {
+    if let Some(h) = over {
+        return h;
+    }
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is valid for buf.len() bytes; gethostname NUL-terminates within it on success.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0 {
+        record::comm(&buf)
+    } else {
+        "unknown".to_owned()
+    }
+}
+
+pub async fn run(opts: Options) -> Result<()> {
+    let exec_boot_ns = Clock::now_boot_ns();
+    let missing = caps::missing_for_run(caps::effective());
+    if !missing.is_empty() {
+        bail!(
+            "oomtrace run needs {} to load its eBPF programs (have: none of them). Run it as root \
+             (sudo oomtrace run) or grant them (setcap cap_bpf,cap_perfmon,cap_syslog+ep $(which oomtrace))",
+            missing.join(" and ")
+        );
+    }
+    let clock = Clock::new();
+    let sink = Sink::open(opts.format, opts.output.as_deref(), hostname(opts.host), clock)?;
+
+    // Kallsyms takes tens of ms to parse: do it off the start-up path.
+    let ksyms = thread::spawn(|| Ksyms::load().map_err(|e| log::warn!("{e:#}: kernel stacks stay raw")).ok());
+
+    let info = KernelInfo::probe();
+    if let Some(e) = &info.btf_error {
+        log::warn!("no kernel BTF ({e}): only the classic tracepoint mode works, without cgroup ids");
+    }
+    if !info.btf_missing.is_empty() {
+        log::warn!("not in this kernel's BTF (those fields stay unknown): {}", info.btf_missing.join(", "));
+    }
+    // BPF memory is memcg-accounted since 5.11; older kernels need RLIMIT_MEMLOCK raised.
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: rlim is a valid rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        log::debug!("could not raise RLIMIT_MEMLOCK (fine on kernels >= 5.11)");
+    }
+
+    let mut attached = loader::attach(&info, opts.attach, opts.ring_size)?;
+    let report = attached.report.clone();
+    for f in &report.fallbacks {
+        log::info!("not using {f}");
+    }
+    log::info!(
+        "attached: mode {} (oom_kill_process: {}, mark_victim: {}, reclaim: {})",
+        report.mode,
+        report.oom_kill_process.unwrap_or("-"),
+        report.mark_victim,
+        report.reclaim_begin.unwrap_or("-")
+    );
+    let (ring, drops) = loader::take_maps(&mut attached.ebpf)?;
+    let mut ring = AsyncFd::new(ring).context("failed to poll the ring buffer")?;
+
+    let hierarchy = cgroup::detect();
+    let mut resolver = cgroup::Resolver::new(hierarchy.clone());
+    resolver.walk();
+    let mut stream = Stream {
+        sink,
+        enricher: Enricher::new(resolver, None, Machine::read()),
+        ksyms: Some(ksyms),
+        mode: report.mode,
+        kills: 0,
+        ring_lost: 0,
+        decode_lost: 0,
+    };
+    let start = Start {
+        version: env!("CARGO_PKG_VERSION"),
+        kernel: check::kernel_release(),
+        attach: report,
+        cgroup: CgroupReport {
+            version: hierarchy.as_ref().map(|h| h.version),
+            memory_controller: hierarchy.is_some(),
+            mount: hierarchy.as_ref().map(|h| h.mount.display().to_string()),
+        },
+        btf: info.btf.is_some(),
+        ring_buffer_bytes: opts.ring_size,
+        pid: std::process::id(),
+    };
+    let mut result = stream.sink.emit("start", Clock::now_boot_ns(), &start, None);
+    if opts.format == Format::Text {
+        eprintln!("oomtrace: watching for OOM kills (mode {})", start.attach.mode);
+    }
+    log::debug!("start record after {} µs", (Clock::now_boot_ns() - exec_boot_ns) / 1000);
+
+    let mut sigint = signal(SignalKind::interrupt()).context("failed to install SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("failed to install SIGTERM handler")?;
+    let mut tick = tokio::time::interval(DROP_POLL);
+    let mut reason = "signal";
+    while result.is_ok() {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("failed to poll the ring buffer")?;
+                result = stream.drain(guard.get_inner_mut()).and_then(|()| stream.check_drops(&drops));
+                guard.clear_ready();
+            }
+            _ = tick.tick() => result = stream.check_drops(&drops),
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    // Whatever the kernel handed over before the signal is written before exit.
+    if result.is_ok() {
+        result = stream
+            .drain(ring.get_mut())
+            .and_then(|()| stream.check_drops(&drops));
+    } else {
+        reason = "output_closed";
+    }
+    let lost = stream.ring_lost + stream.decode_lost;
+    if result.is_ok() {
+        let stop = Stop { reason, oom_kills: stream.kills, lost };
+        result = stream.sink.emit("stop", Clock::now_boot_ns(), &stop, None);
+    }
+    match result {
+        Ok(()) | Err(WriteError::Closed) => Ok(()),
+        Err(WriteError::Failed(e)) => Err(e),
+    }
+}
