@@ -162,9 +162,12 @@ impl Enricher {
             self.cgroup(v.memcg_id, victim_tgid.unwrap_or(0))
         } else {
             // Classic tracepoint, victim != trigger: ask procfs while the victim still exists.
+            // Once it is exiting, /proc/<pid>/cgroup no longer names its cgroup (cgroup_exit() in
+            // kernel/cgroup/cgroup.c, v6.18), so an answer counts only if it was read before.
             inferred.push("victim.cgroup");
             self.cgroups
                 .hint_pid(v.tid)
+                .filter(|_| !is_exiting(v.tid))
                 .map(|(id, path)| Cgroup { id, path: Some(path) })
         };
         let points = if exact {
@@ -257,6 +260,15 @@ impl Enricher {
             inferred,
         }
     }
+}
+
+/// True if the thread has started exiting (PF_EXITING, include/linux/sched.h v6.18) or is gone.
+fn is_exiting(tid: u32) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    let Ok(stat) = fs::read_to_string(format!("/proc/{tid}/stat")) else { return true };
+    // Fields after the parenthesised comm: state is field 3, flags field 9.
+    let Some((_, rest)) = stat.rsplit_once(") ") else { return true };
+    rest.split(' ').nth(6).and_then(|f| f.parse::<u64>().ok()).is_none_or(|f| f & PF_EXITING != 0)
 }
 
 /// Tgid of a live thread, from /proc/<tid>/status.

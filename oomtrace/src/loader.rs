@@ -26,6 +26,7 @@ pub enum AttachMode {
     /// kprobe on oom_kill_process (exact struct oom_control) + tp_btf on mark_victim.
     Kprobe,
     /// tp_btf on mark_victim (typed task_struct; oom_control fields inferred).
+    #[value(name = "tp_btf")]
     TpBtf,
     /// Classic tracepoint oom/mark_victim (layout from tracefs; works without BTF).
     Tracepoint,

@@ -64,8 +64,13 @@ fn parse_field(line: &str) -> Result<Field> {
         }
     }
     let decl = decl.context("field without declaration")?;
-    // The name is the last identifier of the declaration, before any array suffix.
-    let base = decl.split('[').next().unwrap_or(&decl).trim_end();
+    // The name is the last identifier of the declaration, before any array suffix:
+    // `char comm[16]` and `__data_loc char[] comm` both name `comm`.
+    let base = match decl.strip_suffix(']') {
+        Some(d) => d.rsplit_once('[').map_or(d, |(b, _)| b),
+        None => &decl,
+    }
+    .trim_end();
     let name = base
         .rsplit(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .next()
@@ -141,6 +146,7 @@ print fmt: \"pid=%d\", REC->pid
         let f = Format::parse(MARK_VICTIM_6_18).unwrap();
         assert_eq!((f.name.as_str(), f.id), ("mark_victim", 609));
         assert_eq!(f.fields.len(), 13);
+        assert_eq!(f.fields[5].name, "comm");
         let comm = f.field("comm").unwrap();
         assert_eq!((comm.offset, comm.size), (12, 4));
         assert!(comm.decl.starts_with("__data_loc"));

@@ -1,0 +1,357 @@
+//! Harness for oomtrace's root tests: memory cgroups made under the test's own cgroup, the
+//! oomtrace binary run for real, and the kernel's own view (dmesg, memory.oom_control / memory.events,
+//! /proc/vmstat) to check its output against.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc::{Receiver, RecvTimeoutError, channel},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// Prints a visible skip line and returns from the test.
+#[macro_export]
+macro_rules! skip_unless {
+    ($cond:expr, $why:expr) => {
+        if !$cond {
+            eprintln!("SKIP {}: {}", module_path!(), $why);
+            println!("SKIP {}: {}", module_path!(), $why);
+            return;
+        }
+    };
+}
+
+/// Path of a binary built in this workspace's target dir (next to the test executable).
+pub fn bin(name: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(format!("{}_BIN", name.to_uppercase().replace('-', "_"))) {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join(name);
+    assert!(p.exists(), "{} not built (run `cargo build --workspace` first)", p.display());
+    p
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Serializes the tests that make OOM kills, across test binaries and processes: they compare
+/// against machine-wide counters (/proc/vmstat oom_kill) that a concurrent kill would disturb.
+pub struct KillLock(#[expect(dead_code, reason = "held for its lock")] fs::File);
+
+pub fn kill_lock() -> KillLock {
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/tmp/oomtrace-tests.lock")
+        .expect("open lock file");
+    // SAFETY: valid fd; flock blocks until the lock is ours.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(rc, 0, "flock failed");
+    KillLock(f)
+}
+
+/// The memory hierarchy: (version, mount).
+pub fn memory_hierarchy() -> Option<(u8, PathBuf)> {
+    let mi = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mut v2 = None;
+    for line in mi.lines() {
+        let (pre, post) = line.split_once(" - ")?;
+        let pre: Vec<&str> = pre.split(' ').collect();
+        let post: Vec<&str> = post.split(' ').collect();
+        let mount = PathBuf::from(pre[4]);
+        if post[0] == "cgroup" && post[2].split(',').any(|o| o == "memory") {
+            return Some((1, mount));
+        }
+        if post[0] == "cgroup2"
+            && fs::read_to_string(mount.join("cgroup.controllers")).is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"))
+        {
+            v2 = Some((2, mount));
+        }
+    }
+    v2
+}
+
+/// This process's memory cgroup path relative to the hierarchy root.
+pub fn own_memcg_path(version: u8) -> String {
+    let text = fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
+    text.lines()
+        .find_map(|l| {
+            let mut it = l.splitn(3, ':');
+            let (_, ctrl, path) = (it.next()?, it.next()?, it.next()?);
+            let hit = if version == 1 { ctrl.split(',').any(|c| c == "memory") } else { ctrl.is_empty() };
+            hit.then(|| path.to_owned())
+        })
+        .expect("memory cgroup line")
+}
+
+/// A memory cgroup under the test's own, removed (after killing its tasks) on drop.
+pub struct TestCgroup {
+    pub version: u8,
+    pub dir: PathBuf,
+    /// Path relative to the hierarchy root, as the kernel prints it.
+    pub path: String,
+}
+
+impl TestCgroup {
+    /// Creates `name` (a unique suffix is added) with a memory limit in bytes.
+    pub fn new(name: &str, limit: u64) -> Option<Self> {
+        Self::under(None, name, limit)
+    }
+
+    pub fn under(parent: Option<&TestCgroup>, name: &str, limit: u64) -> Option<Self> {
+        let (version, mount) = memory_hierarchy()?;
+        let base = match parent {
+            Some(p) => p.path.clone(),
+            None => own_memcg_path(version),
+        };
+        let unique = format!("{name}-{}-{}", std::process::id(), COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let path = format!("{}/{unique}", base.trim_end_matches('/'));
+        let dir = mount.join(path.trim_start_matches('/'));
+        fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        let cg = Self { version, dir, path };
+        if limit > 0 {
+            let file = if version == 1 { "memory.limit_in_bytes" } else { "memory.max" };
+            cg.write(file, &limit.to_string());
+        }
+        if version == 2 {
+            cg.write("memory.swap.max", "0");
+        }
+        Some(cg)
+    }
+
+    pub fn write(&self, file: &str, value: &str) {
+        fs::write(self.dir.join(file), value).unwrap_or_else(|e| panic!("write {file}: {e}"));
+    }
+
+    pub fn read(&self, file: &str) -> String {
+        fs::read_to_string(self.dir.join(file)).unwrap_or_default()
+    }
+
+    /// The kernel's count of OOM kills in this cgroup (v1 memory.oom_control, v2 memory.events).
+    pub fn oom_kills(&self) -> u64 {
+        let (file, key) = if self.version == 1 { ("memory.oom_control", "oom_kill") } else { ("memory.events", "oom_kill") };
+        self.read(file)
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(&self.dir).expect("stat cgroup").ino()
+    }
+
+    pub fn procs(&self) -> Vec<i32> {
+        self.read("cgroup.procs").lines().filter_map(|l| l.trim().parse().ok()).collect()
+    }
+}
+
+static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            let procs = self.procs();
+            if procs.is_empty() {
+                break;
+            }
+            for p in procs {
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        for _ in 0..50 {
+            if fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("warning: could not remove {}", self.dir.display());
+    }
+}
+
+/// The machine-wide OOM kill counter.
+pub fn vmstat_oom_kills() -> u64 {
+    fs::read_to_string("/proc/vmstat")
+        .expect("/proc/vmstat")
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+        .expect("oom_kill in /proc/vmstat")
+}
+
+/// A running `oomtrace run`, its stdout lines collected by a thread.
+pub struct Tracer {
+    child: Child,
+    lines: Receiver<String>,
+    pub seen: Vec<Value>,
+    stopping: bool,
+}
+
+impl Tracer {
+    /// Starts oomtrace with `args` after `run` and waits for its `start` record.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(bin("oomtrace"))
+            .arg("run")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn oomtrace");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = channel();
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut t = Tracer { child, lines: rx, seen: Vec::new(), stopping: false };
+        let start = t.wait_for(Duration::from_secs(20), |v| v["type"] == "start");
+        if start.is_none() {
+            let status = t.child.try_wait().ok().flatten();
+            panic!("oomtrace {args:?} printed no start record within 20 s (exit status: {status:?}; see stderr above)");
+        }
+        t
+    }
+
+    fn pump(&mut self, timeout: Duration) -> bool {
+        match self.lines.recv_timeout(timeout) {
+            Ok(line) => {
+                let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
+                self.seen.push(v);
+                true
+            }
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => {
+                if let Ok(Some(status)) = self.child.try_wait() {
+                    if !self.stopping {
+                        panic!("oomtrace exited early with {status:?} (see stderr above)");
+                    }
+                }
+                thread::sleep(timeout.min(Duration::from_millis(50)));
+                false
+            }
+        }
+    }
+
+    /// Waits until a line matching `pred` arrives; returns it.
+    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        if let Some(v) = self.seen.iter().find(|v| pred(v)) {
+            return Some(v.clone());
+        }
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let n = self.seen.len();
+            if self.pump(Duration::from_millis(50)) && pred(&self.seen[n]) {
+                return Some(self.seen[n].clone());
+            }
+        }
+        None
+    }
+
+    /// Waits until `n` lines match `pred` (or the timeout passes); returns how many did.
+    pub fn wait_count(&mut self, n: usize, timeout: Duration, pred: impl Fn(&Value) -> bool) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.seen.iter().filter(|v| pred(v)).count();
+            if c >= n || Instant::now() >= deadline {
+                return c;
+            }
+            self.pump(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends SIGINT, collects the remaining lines and returns the exit status.
+    pub fn stop(mut self) -> (ExitStatus, Vec<Value>) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.pid(), libc::SIGINT) };
+        self.stopping = true;
+        let status = self.child.wait().expect("wait oomtrace");
+        while self.pump(Duration::from_millis(200)) {}
+        (status, std::mem::take(&mut self.seen))
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the hog to completion (or death) and returns its exit status.
+pub fn run_hog(args: &[&str]) -> ExitStatus {
+    Command::new(bin("oomtrace-hog")).args(args).status().expect("spawn oomtrace-hog")
+}
+
+pub fn spawn_hog(args: &[&str]) -> Child {
+    Command::new(bin("oomtrace-hog")).args(args).spawn().expect("spawn oomtrace-hog")
+}
+
+/// Kernel log lines (without the `[ time]` prefix) since the test began, from `dmesg`.
+pub fn dmesg() -> Vec<String> {
+    let out = Command::new("dmesg").output().expect("run dmesg");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| match l.split_once("] ") {
+            Some((_, rest)) if l.starts_with('[') => rest.to_owned(),
+            _ => l.to_owned(),
+        })
+        .collect()
+}
+
+/// The kernel's one-line kill message for `pid`:
+/// `... Killed process PID (COMM) total-vm:NkB, anon-rss:NkB, file-rss:NkB, shmem-rss:NkB, UID:N pgtables:NkB oom_score_adj:N`
+pub fn killed_line(pid: u32) -> Option<std::collections::HashMap<String, String>> {
+    let needle = format!("Killed process {pid} (");
+    let line = dmesg().into_iter().rev().find(|l| l.contains(&needle))?;
+    let rest = &line[line.find(&needle)? + needle.len()..];
+    let (comm, rest) = rest.split_once(") ")?;
+    let mut m = std::collections::HashMap::new();
+    m.insert("comm".to_owned(), comm.to_owned());
+    for part in rest.split([',', ' ']).filter(|p| !p.is_empty()) {
+        if let Some((k, v)) = part.split_once(':') {
+            m.insert(k.to_owned(), v.trim_end_matches("kB").to_owned());
+        }
+    }
+    Some(m)
+}
+
+/// The kernel's (rate-limited) `oom-kill:constraint=...,oom_memcg=...,task_memcg=...,task=...,pid=N,uid=N` line.
+pub fn oom_kill_line(pid: u32) -> Option<std::collections::HashMap<String, String>> {
+    let needle = format!(",pid={pid},");
+    let line = dmesg().into_iter().rev().find(|l| l.starts_with("oom-kill:") && l.contains(&needle))?;
+    Some(
+        line.trim_start_matches("oom-kill:")
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+    )
+}
+
+/// The `oom_kill` records whose victim sits in `cg`.
+pub fn kills_in<'a>(lines: &'a [Value], cg: &TestCgroup) -> Vec<&'a Value> {
+    let id = cg.inode();
+    lines
+        .iter()
+        .filter(|v| v["type"] == "oom_kill" && v["victim"]["cgroup"]["id"] == id)
+        .collect()
+}

@@ -1,0 +1,271 @@
+//! Root tests: real memory cgroups, real OOM kills, oomtrace's records checked field by field
+//! against the kernel's own report (dmesg), its cgroup counters and /proc/vmstat.
+
+use std::{os::unix::process::ExitStatusExt, thread, time::Duration};
+
+use oomtrace_tests::*;
+use serde_json::Value;
+
+const MIB: u64 = 1 << 20;
+
+fn preconditions() -> Result<(), String> {
+    if !is_root() {
+        return Err("needs root (CAP_BPF, CAP_PERFMON, cgroup writes)".into());
+    }
+    if memory_hierarchy().is_none() {
+        return Err("no cgroup hierarchy with the memory controller".into());
+    }
+    Ok(())
+}
+
+macro_rules! require_root_memcg {
+    () => {
+        if let Err(why) = preconditions() {
+            skip_unless!(false, why);
+        }
+    };
+}
+
+/// Modes this kernel can attach, per `oomtrace check`.
+fn attachable_modes() -> Vec<&'static str> {
+    let out = std::process::Command::new(bin("oomtrace")).arg("check").output().expect("oomtrace check");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    ["fentry", "kprobe", "tp_btf", "tracepoint"]
+        .into_iter()
+        .filter(|m| text.lines().any(|l| l.starts_with(&format!("attach {m}")) && l.trim_end().ends_with(" ok")))
+        .collect()
+}
+
+fn num(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+/// Causes one OOM kill of a hog in a 64 MiB cgroup and checks the record against the kernel.
+fn single_kill(mode: &str) {
+    let _lock = kill_lock();
+    // The kernel's full report (the oom-kill: line) is rate-limited to 10 per 5 s; retry once
+    // after the window if an earlier storm used it up.
+    for attempt in 0..2 {
+        let cg = TestCgroup::new("oomtrace-single", 64 * MIB).expect("cgroup");
+        let tracer = Tracer::start(&["--attach", mode]);
+        let vm_before = vmstat_oom_kills();
+        let dir = cg.dir.to_string_lossy().into_owned();
+        let child = spawn_hog(&["--cgroup", &dir, "--adj", "500"]);
+        let pid = child.id();
+        let status = wait_child(child);
+        assert_eq!(status.signal(), Some(9), "the hog should die of SIGKILL, got {status:?}");
+        assert_eq!(128 + status.signal().unwrap(), 137);
+        let mut tracer = tracer;
+        let rec = tracer
+            .wait_for(Duration::from_secs(10), |v| v["type"] == "oom_kill" && v["victim"]["pid"] == pid)
+            .unwrap_or_else(|| panic!("no oom_kill record for pid {pid} (mode {mode})"));
+        let (status, lines) = tracer.stop();
+        assert!(status.success(), "oomtrace exited with {status:?}");
+        assert_eq!(cg.oom_kills(), 1, "kernel's memcg oom_kill counter");
+        assert!(vmstat_oom_kills() > vm_before);
+
+        let killed = killed_line(pid).unwrap_or_else(|| panic!("no 'Killed process {pid}' in dmesg"));
+        let report = oom_kill_line(pid);
+        if report.is_none() && attempt == 0 {
+            eprintln!("kernel OOM report for {pid} was rate-limited; retrying after the window");
+            thread::sleep(Duration::from_secs(6));
+            continue;
+        }
+        let report = report.unwrap_or_else(|| panic!("no oom-kill: report line for {pid}"));
+
+        // Envelope.
+        assert_eq!(rec["schema"], 1);
+        assert_eq!(rec["attach"], mode);
+        assert!(rec["seq"].as_u64().unwrap() >= 1);
+        assert!(rec["time"].as_str().unwrap().ends_with('Z'));
+        // Victim against the kernel's "Killed process" line.
+        let v = &rec["victim"];
+        assert_eq!(v["pid"], pid);
+        assert_eq!(v["comm"], killed["comm"]);
+        assert_eq!(v["comm"], "oomtrace-hog");
+        assert_eq!(num(&v["total_vm_kb"]).to_string(), killed["total-vm"]);
+        assert_eq!(num(&v["anon_rss_kb"]).to_string(), killed["anon-rss"]);
+        assert_eq!(num(&v["file_rss_kb"]).to_string(), killed["file-rss"]);
+        assert_eq!(num(&v["shmem_rss_kb"]).to_string(), killed["shmem-rss"]);
+        assert_eq!(num(&v["pgtables_kb"]).to_string(), killed["pgtables"]);
+        assert_eq!(num(&v["uid"]).to_string(), killed["UID"]);
+        assert_eq!(v["oom_score_adj"], 500);
+        assert_eq!(killed["oom_score_adj"], "500");
+        // Cgroups against the kernel's report.
+        assert_eq!(v["cgroup"]["id"], cg.inode());
+        assert_eq!(v["cgroup"]["path"], cg.path.as_str());
+        assert_eq!(report["task_memcg"], cg.path);
+        assert_eq!(rec["trigger"]["pid"], pid);
+        assert_eq!(rec["trigger"]["comm"], "oomtrace-hog");
+        assert_eq!(rec["trigger"]["cgroup"]["path"], cg.path.as_str());
+        assert_eq!(report["constraint"], "CONSTRAINT_MEMCG");
+        assert_eq!(rec["constraint"], "memcg");
+        assert_eq!(rec["oom_memcg"]["path"], report["oom_memcg"].as_str());
+        assert_eq!(rec["oom_memcg"]["id"], cg.inode());
+        assert_eq!(rec["oom_memcg"]["limit_bytes"], 64 * MIB);
+        assert_eq!(rec["totalpages"], 64 * MIB / 4096);
+        // The allocation: a user page fault charged to the memcg.
+        let stack: Vec<&str> = rec["allocation"]["kernel_stack"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+        assert!(stack.first().is_some_and(|f| !f.starts_with("bpf_")), "BPF frames not stripped: {stack:?}");
+        assert!(stack.iter().any(|f| f.starts_with("out_of_memory+")), "{stack:?}");
+        assert!(stack.iter().any(|f| f.starts_with("mem_cgroup_out_of_memory+")), "{stack:?}");
+        assert!(stack.iter().any(|f| f.contains("page_fault")), "{stack:?}");
+        assert!(rec["allocation"]["gfp_mask"].as_str().is_some_and(|g| g.starts_with("0x")));
+        // Exactly one record for this victim, and no loss.
+        assert_eq!(kills_in(&lines, &cg).len(), 1, "one kill, one record");
+        assert!(!lines.iter().any(|l| l["type"] == "lost"), "unexpected loss");
+        assert_eq!(lines.last().unwrap()["type"], "stop");
+        return;
+    }
+}
+
+fn wait_child(mut child: std::process::Child) -> std::process::ExitStatus {
+    child.wait().expect("wait hog")
+}
+
+#[test]
+fn kill_is_reported_exactly_in_tp_btf_mode() {
+    require_root_memcg!();
+    skip_unless!(attachable_modes().contains(&"tp_btf"), "tp_btf cannot attach on this kernel");
+    single_kill("tp_btf");
+}
+
+#[test]
+fn kill_is_reported_exactly_in_tracepoint_mode() {
+    require_root_memcg!();
+    skip_unless!(attachable_modes().contains(&"tracepoint"), "tracepoint cannot attach on this kernel");
+    single_kill("tracepoint");
+}
+
+#[test]
+fn auto_mode_reports_a_kill() {
+    require_root_memcg!();
+    let _lock = kill_lock();
+    let cg = TestCgroup::new("oomtrace-auto", 32 * MIB).expect("cgroup");
+    let mut tracer = Tracer::start(&[]);
+    let start = tracer.seen[0].clone();
+    let mode = start["attach"]["mode"].as_str().unwrap().to_owned();
+    assert!(attachable_modes().contains(&mode.as_str()), "auto chose {mode}");
+    let status = run_hog(&["--cgroup", &cg.dir.to_string_lossy()]);
+    assert_eq!(status.signal(), Some(9));
+    let n = tracer.wait_count(1, Duration::from_secs(10), |v| v["type"] == "oom_kill");
+    let (_, lines) = tracer.stop();
+    assert_eq!(n, 1);
+    assert_eq!(kills_in(&lines, &cg).len(), 1);
+    assert_eq!(kills_in(&lines, &cg)[0]["attach"], mode.as_str());
+}
+
+/// The task whose allocation sets the OOM off is not the one the OOM killer picks.
+#[test]
+fn trigger_and_victim_differ() {
+    require_root_memcg!();
+    let _lock = kill_lock();
+    for mode in attachable_modes().into_iter().filter(|m| ["tp_btf", "tracepoint"].contains(m)) {
+        let cg = TestCgroup::new("oomtrace-tv", 64 * MIB).expect("cgroup");
+        let dir = cg.dir.to_string_lossy().into_owned();
+        let mut tracer = Tracer::start(&["--attach", mode]);
+        // The victim: 40 MiB held, the highest score the OOM killer can see.
+        let ready = format!("/tmp/oomtrace-tv-ready-{}", std::process::id());
+        let _ = std::fs::remove_file(&ready);
+        let mut victim = spawn_hog(&["--cgroup", &dir, "--adj", "1000", "--mb", "40", "--ready", &ready, "--hold"]);
+        for _ in 0..500 {
+            if std::path::Path::new(&ready).exists() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        assert!(std::path::Path::new(&ready).exists(), "victim never got ready");
+        // The trigger: oom_score_adj 0 (lowering it needs CAP_SYS_RESOURCE), asks for 40 MiB more than fits.
+        let trigger = run_hog(&["--cgroup", &dir, "--mb", "40"]);
+        assert!(trigger.success(), "the trigger should survive and finish: {trigger:?}");
+        let vstatus = victim.wait().unwrap();
+        assert_eq!(vstatus.signal(), Some(9), "the victim should have been OOM-killed");
+        let vpid = victim.id();
+        let rec = tracer
+            .wait_for(Duration::from_secs(10), |v| v["type"] == "oom_kill" && v["victim"]["pid"] == vpid)
+            .unwrap_or_else(|| panic!("no record for victim {vpid} in mode {mode}"));
+        let (_, lines) = tracer.stop();
+        let _ = std::fs::remove_file(&ready);
+        assert_eq!(rec["victim"]["comm"], "oomtrace-hog");
+        assert_eq!(rec["victim"]["oom_score_adj"], 1000);
+        assert_ne!(rec["trigger"]["pid"], rec["victim"]["pid"], "mode {mode}");
+        assert_eq!(rec["trigger"]["cgroup"]["path"], cg.path.as_str());
+        if mode == "tracepoint" {
+            // The classic record carries no cgroup: procfs is asked, and must answer right or not at all.
+            let p = &rec["victim"]["cgroup"];
+            assert!(p.is_null() || p["path"] == cg.path.as_str(), "wrong victim cgroup {p}");
+        } else {
+            assert_eq!(rec["victim"]["cgroup"]["path"], cg.path.as_str(), "mode {mode}");
+        }
+        assert_eq!(rec["oom_memcg"]["path"], cg.path.as_str());
+        let killed = killed_line(vpid).expect("kernel kill line");
+        assert_eq!(num(&rec["victim"]["anon_rss_kb"]).to_string(), killed["anon-rss"]);
+        let id = cg.inode();
+        let n = lines.iter().filter(|l| l["type"] == "oom_kill" && l["oom_memcg"]["id"] == id).count();
+        assert_eq!(n, 1, "one kill in the cgroup, one record");
+        assert_eq!(cg.oom_kills(), 1);
+    }
+}
+
+/// A parent's limit fires while the hog sits in a child with no limit of its own.
+#[test]
+fn parent_limit_is_the_oom_memcg() {
+    require_root_memcg!();
+    let _lock = kill_lock();
+    let parent = TestCgroup::new("oomtrace-parent", 48 * MIB).expect("cgroup");
+    if parent.version == 1 {
+        // v1 needs hierarchical accounting for a parent's limit to apply to its children.
+        let h = parent.read("memory.use_hierarchy");
+        skip_unless!(h.trim() == "1", "memory.use_hierarchy is off");
+    }
+    let child = TestCgroup::under(Some(&parent), "child", 0).expect("child cgroup");
+    let mut tracer = Tracer::start(&[]);
+    let status = run_hog(&["--cgroup", &child.dir.to_string_lossy()]);
+    assert_eq!(status.signal(), Some(9));
+    let rec = tracer.wait_for(Duration::from_secs(10), |v| v["type"] == "oom_kill").expect("record");
+    let _ = tracer.stop();
+    assert_eq!(rec["victim"]["cgroup"]["path"], child.path.as_str());
+    assert_eq!(rec["oom_memcg"]["path"], parent.path.as_str());
+    assert_eq!(rec["oom_memcg"]["limit_bytes"], 48 * MIB);
+    drop(child);
+}
+
+/// 300 kills in a row: exactly 300 records, no duplicates, equal to the kernel's counters.
+#[test]
+fn storm_of_300_kills_loses_nothing() {
+    require_root_memcg!();
+    let _lock = kill_lock();
+    const N: usize = 300;
+    let cg = TestCgroup::new("oomtrace-storm", 8 * MIB).expect("cgroup");
+    let dir = cg.dir.to_string_lossy().into_owned();
+    let mut tracer = Tracer::start(&[]);
+    let vm_before = vmstat_oom_kills();
+    let mut pids = Vec::with_capacity(N);
+    for _ in 0..N {
+        let child = spawn_hog(&["--cgroup", &dir, "--step-kb", "4096"]);
+        pids.push(child.id());
+        let status = wait_child(child);
+        assert_eq!(status.signal(), Some(9), "hog should be OOM-killed: {status:?}");
+    }
+    let vm_delta = vmstat_oom_kills() - vm_before;
+    let got = tracer.wait_count(N, Duration::from_secs(30), |v| v["type"] == "oom_kill");
+    let (status, lines) = tracer.stop();
+    assert!(status.success());
+    let kills = kills_in(&lines, &cg);
+    assert_eq!(got, N, "records seen");
+    assert_eq!(kills.len(), N, "records for the storm cgroup");
+    assert_eq!(cg.oom_kills(), N as u64, "kernel memcg counter");
+    assert_eq!(vm_delta, N as u64, "/proc/vmstat oom_kill delta (another OOM ran concurrently?)");
+    let mut victims: Vec<u64> = kills.iter().map(|k| num(&k["victim"]["pid"])).collect();
+    victims.sort_unstable();
+    victims.dedup();
+    assert_eq!(victims.len(), N, "duplicate victims");
+    let mut want: Vec<u64> = pids.iter().map(|&p| u64::from(p)).collect();
+    want.sort_unstable();
+    assert_eq!(victims, want, "every hog, and only the hogs");
+    assert!(!lines.iter().any(|l| l["type"] == "lost"));
+    // seq has no gaps.
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(num(&l["seq"]), i as u64, "seq gap at line {i}");
+    }
+}
