@@ -22,6 +22,9 @@ use crate::{
     kernel::{memcg_levels, mm_counters, read, read_ptr, task_comm, task_ids, task_memcg},
 };
 
+/// How old a stashed oom_control / reclaim record may be and still describe this kill.
+const STASH_MAX_AGE_NS: u64 = 1_000_000_000;
+
 #[btf_tracepoint(function = "mark_victim")]
 pub fn mark_victim_btf(ctx: BtfTracePointContext) -> u32 {
     // TP_PROTO(struct task_struct *task, uid_t uid), include/trace/events/oom.h v6.18.
@@ -112,16 +115,24 @@ fn emit<C: EbpfContext>(ctx: &C, source: VictimSource, victim: impl FnOnce(&mut 
     rec.memcg_depth = memcg_levels(memcg, &mut rec.memcg);
     rec.trigger.memcg_id = rec.memcg[0].id;
 
+    // Stashed facts count only if fresh: oom_kill_process -> mark_victim takes microseconds
+    // (a whole memory.oom.group kill, milliseconds), and the last failed reclaim comes right before
+    // the OOM. An older entry belongs to an earlier OOM of a thread whose tid was reused.
     let tid = rec.trigger.tid;
+    let now = rec.ts_boot_ns;
     // SAFETY: LRU map values are copied out immediately.
     if let Some(oc) = unsafe { OOM_CONTROL.get(&tid) } {
-        rec.exact = *oc;
-        rec.flags |= flags::EXACT;
+        if now.wrapping_sub(oc.kill_ns) < STASH_MAX_AGE_NS {
+            rec.exact = *oc;
+            rec.flags |= flags::EXACT;
+        }
     }
     // SAFETY: as above.
     if let Some(r) = unsafe { RECLAIM.get(&tid) } {
-        rec.reclaim = *r;
-        rec.flags |= flags::RECLAIM;
+        if now.wrapping_sub(r.ts_ns) < STASH_MAX_AGE_NS {
+            rec.reclaim = *r;
+            rec.flags |= flags::RECLAIM;
+        }
     }
 
     victim(rec);

@@ -4,7 +4,7 @@
 //! by failed reclaim on the same thread: memcg charges reclaim in try_charge_memcg() before
 //! mem_cgroup_oom(), the page allocator in __alloc_pages_direct_reclaim() before
 //! __alloc_pages_may_oom() (mm/memcontrol.c, mm/page_alloc.c, v6.18). The loader reports these
-//! values as `source: "reclaim"`. Caveat kept in docs/events.md: memcg reclaim records order 0 and
+//! values as `allocation.source: "memcg_reclaim"` or `"direct_reclaim"`. Caveat kept in docs/events.md: memcg reclaim records order 0 and
 //! the reclaim context's gfp (try_to_free_mem_cgroup_pages(), mm/vmscan.c v6.18), not the original.
 
 use aya_ebpf::{

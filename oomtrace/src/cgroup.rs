@@ -101,10 +101,6 @@ impl Resolver {
         Self { h, cache: HashMap::new(), last_walk: None }
     }
 
-    pub fn hierarchy(&self) -> Option<&Hierarchy> {
-        self.h.as_ref()
-    }
-
     /// Learns the cgroup of a live process; returns its id and path.
     pub fn hint_pid(&mut self, pid: u32) -> Option<(u64, String)> {
         let h = self.h.as_ref()?;

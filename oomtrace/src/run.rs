@@ -175,7 +175,10 @@ pub async fn run(opts: Options) -> Result<()> {
         report.reclaim_begin.unwrap_or("-")
     );
     let (ring, drops) = loader::take_maps(&mut attached.ebpf)?;
-    let mut ring = AsyncFd::new(ring).context("failed to poll the ring buffer")?;
+    // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until the AsyncFd (its
+    // owner from here on) is dropped.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("failed to poll the ring buffer: {e}"))?;
 
     let hierarchy = cgroup::detect();
     let mut resolver = cgroup::Resolver::new(hierarchy.clone());
@@ -202,16 +205,16 @@ pub async fn run(opts: Options) -> Result<()> {
         ring_buffer_bytes: opts.ring_size,
         pid: std::process::id(),
     };
+    // Handlers first: `start` tells readers we are ready, and a SIGINT right after it must stop us cleanly.
+    let mut sigint = signal(SignalKind::interrupt()).context("failed to install SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("failed to install SIGTERM handler")?;
     let mut result = stream.sink.emit("start", Clock::now_boot_ns(), &start, None);
     if opts.format == Format::Text {
         eprintln!("oomtrace: watching for OOM kills (mode {})", start.attach.mode);
     }
     log::debug!("start record after {} µs", (Clock::now_boot_ns() - exec_boot_ns) / 1000);
 
-    let mut sigint = signal(SignalKind::interrupt()).context("failed to install SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("failed to install SIGTERM handler")?;
     let mut tick = tokio::time::interval(DROP_POLL);
-    let mut reason = "signal";
     while result.is_ok() {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -229,12 +232,10 @@ pub async fn run(opts: Options) -> Result<()> {
         result = stream
             .drain(ring.get_mut())
             .and_then(|()| stream.check_drops(&drops));
-    } else {
-        reason = "output_closed";
     }
     let lost = stream.ring_lost + stream.decode_lost;
     if result.is_ok() {
-        let stop = Stop { reason, oom_kills: stream.kills, lost };
+        let stop = Stop { reason: "signal", oom_kills: stream.kills, lost };
         result = stream.sink.emit("stop", Clock::now_boot_ns(), &stop, None);
     }
     match result {
