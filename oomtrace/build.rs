@@ -16,7 +16,12 @@ fn main() {
     }
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let workspace = manifest.parent().expect("workspace").to_owned();
-    for p in ["oomtrace-ebpf/src", "oomtrace-ebpf/Cargo.toml", "oomtrace-common/src", "xtask/src/ebpf.rs"] {
+    for p in [
+        "oomtrace-ebpf/src",
+        "oomtrace-ebpf/Cargo.toml",
+        "oomtrace-common/src",
+        "xtask/src/ebpf.rs",
+    ] {
         println!("cargo:rerun-if-changed={}", workspace.join(p).display());
     }
     let target_dir = workspace.join("target").join("bpf");

@@ -161,7 +161,8 @@ impl Btf {
     }
 
     fn ty(&self, id: u32) -> Option<Ty> {
-        id.checked_sub(1).and_then(|i| self.types.get(i as usize).copied())
+        id.checked_sub(1)
+            .and_then(|i| self.types.get(i as usize).copied())
     }
 
     /// Skips typedefs and qualifiers.

@@ -27,7 +27,9 @@ pub fn find_memory_hierarchy(mountinfo: &str) -> Option<Hierarchy> {
     let mut v2 = None;
     for line in mountinfo.lines() {
         // 36 25 0:31 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory
-        let Some((pre, post)) = line.split_once(" - ") else { continue };
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
         let pre: Vec<&str> = pre.split(' ').collect();
         let post: Vec<&str> = post.split(' ').collect();
         if pre.len() < 5 || post.len() < 3 {
@@ -36,12 +38,20 @@ pub fn find_memory_hierarchy(mountinfo: &str) -> Option<Hierarchy> {
         let (root, mount) = (unescape(pre[3]), PathBuf::from(unescape(pre[4])));
         match post[0] {
             "cgroup" if post[2].split(',').any(|o| o == "memory") => {
-                return Some(Hierarchy { version: 1, mount, root });
+                return Some(Hierarchy {
+                    version: 1,
+                    mount,
+                    root,
+                });
             }
             "cgroup2" => {
                 let controllers = fs::read_to_string(mount.join("cgroup.controllers")).unwrap_or_default();
                 if controllers.split_whitespace().any(|c| c == "memory") && v2.is_none() {
-                    v2 = Some(Hierarchy { version: 2, mount, root });
+                    v2 = Some(Hierarchy {
+                        version: 2,
+                        mount,
+                        root,
+                    });
                 }
             }
             _ => {}
@@ -98,7 +108,11 @@ const WALK_INTERVAL: Duration = Duration::from_millis(200);
 
 impl Resolver {
     pub fn new(h: Option<Hierarchy>) -> Self {
-        Self { h, cache: HashMap::new(), last_walk: None }
+        Self {
+            h,
+            cache: HashMap::new(),
+            last_walk: None,
+        }
     }
 
     /// Learns the cgroup of a live process; returns its id and path.
@@ -138,14 +152,24 @@ impl Resolver {
     pub fn walk(&mut self) {
         self.last_walk = Some(Instant::now());
         let Some(h) = self.h.clone() else { return };
-        let root = if h.root == "/" { String::new() } else { h.root.trim_end_matches('/').to_owned() };
+        let root = if h.root == "/" {
+            String::new()
+        } else {
+            h.root.trim_end_matches('/').to_owned()
+        };
         let mut stack = vec![(h.mount.clone(), root)];
         while let Some((dir, rel)) = stack.pop() {
             if let Ok(md) = fs::metadata(&dir) {
-                let path = if rel.is_empty() { "/".to_owned() } else { rel.clone() };
+                let path = if rel.is_empty() {
+                    "/".to_owned()
+                } else {
+                    rel.clone()
+                };
                 self.cache.insert(md.ino(), path);
             }
-            let Ok(entries) = fs::read_dir(&dir) else { continue };
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
             for e in entries.flatten() {
                 if e.file_type().is_ok_and(|t| t.is_dir()) {
                     let name = e.file_name().to_string_lossy().into_owned();
@@ -198,7 +222,11 @@ mod tests {
         let weird = "we ird\n\"name\"";
         fs::create_dir_all(tmp.path().join("a/b")).unwrap();
         fs::create_dir_all(tmp.path().join(weird)).unwrap();
-        let h = Hierarchy { version: 2, mount: tmp.path().to_owned(), root: "/".into() };
+        let h = Hierarchy {
+            version: 2,
+            mount: tmp.path().to_owned(),
+            root: "/".into(),
+        };
         let mut r = Resolver::new(Some(h));
         let id = |p: &str| fs::metadata(tmp.path().join(p)).unwrap().ino();
         assert_eq!(r.path(id("a/b")).as_deref(), Some("/a/b"));

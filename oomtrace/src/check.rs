@@ -22,19 +22,34 @@ pub fn run() -> Result<bool> {
         let _ = writeln!(out, "privileges        ok (CAP_BPF+CAP_PERFMON or CAP_SYS_ADMIN)");
     } else {
         ok = false;
-        let _ = writeln!(out, "privileges        MISSING {} (run as root: sudo oomtrace check)", missing.join(", "));
+        let _ = writeln!(
+            out,
+            "privileges        MISSING {} (run as root: sudo oomtrace check)",
+            missing.join(", ")
+        );
     }
     if !caps::has(eff, caps::CAP_SYSLOG) {
-        let _ = writeln!(out, "kallsyms          no CAP_SYSLOG: kernel stacks stay as raw addresses");
+        let _ = writeln!(
+            out,
+            "kallsyms          no CAP_SYSLOG: kernel stacks stay as raw addresses"
+        );
     }
 
     let info = KernelInfo::probe();
     match (&info.btf, &info.btf_error) {
         (Some(b), _) if info.btf_missing.is_empty() => {
-            let _ = writeln!(out, "btf               ok ({} types, all offsets resolved)", b.type_count());
+            let _ = writeln!(
+                out,
+                "btf               ok ({} types, all offsets resolved)",
+                b.type_count()
+            );
         }
         (Some(_), _) => {
-            let _ = writeln!(out, "btf               partial, unresolved: {}", info.btf_missing.join(", "));
+            let _ = writeln!(
+                out,
+                "btf               partial, unresolved: {}",
+                info.btf_missing.join(", ")
+            );
         }
         (None, e) => {
             let _ = writeln!(
@@ -50,7 +65,10 @@ pub fn run() -> Result<bool> {
             let _ = writeln!(out, "tracefs           {}", p.display());
         }
         None => {
-            let _ = writeln!(out, "tracefs           MISSING (mount -t tracefs tracefs /sys/kernel/tracing)");
+            let _ = writeln!(
+                out,
+                "tracefs           MISSING (mount -t tracefs tracefs /sys/kernel/tracing)"
+            );
         }
     }
     let _ = writeln!(
@@ -66,12 +84,20 @@ pub fn run() -> Result<bool> {
             let _ = writeln!(out, "memory cgroup     v{} at {}", h.version, h.mount.display());
         }
         None => {
-            let _ = writeln!(out, "memory cgroup     none (no hierarchy with the memory controller)");
+            let _ = writeln!(
+                out,
+                "memory cgroup     none (no hierarchy with the memory controller)"
+            );
         }
     }
 
     if missing.is_empty() {
-        for mode in [AttachMode::Fentry, AttachMode::Kprobe, AttachMode::TpBtf, AttachMode::Tracepoint] {
+        for mode in [
+            AttachMode::Fentry,
+            AttachMode::Kprobe,
+            AttachMode::TpBtf,
+            AttachMode::Tracepoint,
+        ] {
             let verdict = match loader::attach(&info, mode, 4096) {
                 Ok(a) if a.report.mode == mode.name() => "ok".to_owned(),
                 Ok(a) => format!("no (fell back to {})", a.report.mode),

@@ -41,7 +41,14 @@ impl Machine {
         let kb = |key: &str| {
             meminfo
                 .lines()
-                .find_map(|l| l.strip_prefix(key)?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+                .find_map(|l| {
+                    l.strip_prefix(key)?
+                        .trim()
+                        .strip_suffix("kB")?
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
                 .unwrap_or(0)
         };
         Self {
@@ -80,7 +87,12 @@ pub fn infer_oom_memcg(levels: &[MemcgLevel], order: i32) -> Option<usize> {
 
 impl Enricher {
     pub fn new(cgroups: Resolver, ksyms: Option<Arc<Ksyms>>, machine: Machine) -> Self {
-        Self { cgroups, ksyms, machine, last_kill: None }
+        Self {
+            cgroups,
+            ksyms,
+            machine,
+            last_kill: None,
+        }
     }
 
     fn cgroup(&mut self, id: u64, pid_hint: u32) -> Option<Cgroup> {
@@ -89,7 +101,11 @@ impl Enricher {
         }
         let mut path = self.cgroups.path(id);
         if path.is_none() && pid_hint != 0 {
-            path = self.cgroups.hint_pid(pid_hint).filter(|(i, _)| *i == id).map(|(_, p)| p);
+            path = self
+                .cgroups
+                .hint_pid(pid_hint)
+                .filter(|(i, _)| *i == id)
+                .map(|(_, p)| p);
         }
         Some(Cgroup { id, path })
     }
@@ -145,7 +161,11 @@ impl Enricher {
                     // mem_cgroup_get_max(): the limit plus the swap it may use (mm/memcontrol.c v6.18).
                     (Some(memcg), "memcg", Some(l.max_pages + self.machine.swap_pages))
                 }
-                None => (None, "global", Some(self.machine.ram_pages + self.machine.swap_pages)),
+                None => (
+                    None,
+                    "global",
+                    Some(self.machine.ram_pages + self.machine.swap_pages),
+                ),
             }
         };
 
@@ -153,11 +173,7 @@ impl Enricher {
         let v = &rec.victim;
         let mm = has(flags::VICTIM_MM).then_some(&rec.victim_mm);
         let from_btf = rec.victim_source == VictimSource::TpBtf as u8;
-        let victim_tgid = if v.tgid != 0 {
-            Some(v.tgid)
-        } else {
-            tgid_of(v.tid)
-        };
+        let victim_tgid = if v.tgid != 0 { Some(v.tgid) } else { tgid_of(v.tid) };
         let victim_cgroup = if has(flags::VICTIM_MEMCG) {
             self.cgroup(v.memcg_id, victim_tgid.unwrap_or(0))
         } else {
@@ -171,7 +187,7 @@ impl Enricher {
                 .map(|(id, path)| Cgroup { id, path: Some(path) })
         };
         let points = if exact {
-            Some(rec.exact.chosen_points).filter(|_| rec.exact.chosen_tgid == v.tgid)
+            (rec.exact.chosen_tgid == v.tgid).then_some(rec.exact.chosen_points)
         } else {
             // oom_badness(): rss + swap + page tables (in pages) + oom_score_adj * totalpages / 1000
             // (mm/oom_kill.c, v6.18).
@@ -231,14 +247,23 @@ impl Enricher {
                 kernel_stack,
             }
         } else {
-            Allocation { gfp_mask: None, order: None, source: None, kernel_stack }
+            Allocation {
+                gfp_mask: None,
+                order: None,
+                source: None,
+                kernel_stack,
+            }
         };
 
         // One OOM can kill several tasks (memory.oom.group): they share a kill_id. With
         // oom_control we know the kill exactly; otherwise a group member is recognised by its
         // stack (mem_cgroup_scan_tasks -> oom_kill_memcg_member, mm/oom_kill.c v6.18).
         let key = if exact { rec.exact.kill_ns } else { 0 };
-        let member = !exact && allocation.kernel_stack.iter().any(|f| f.starts_with("oom_kill_memcg_member"));
+        let member = !exact
+            && allocation
+                .kernel_stack
+                .iter()
+                .any(|f| f.starts_with("oom_kill_memcg_member"));
         let kill_id = match self.last_kill {
             Some((tid, k, id)) if tid == t.tid && ((exact && k == key) || member) => id,
             _ => seq,
@@ -265,16 +290,24 @@ impl Enricher {
 /// True if the thread has started exiting (PF_EXITING, include/linux/sched.h v6.18) or is gone.
 fn is_exiting(tid: u32) -> bool {
     const PF_EXITING: u64 = 0x4;
-    let Ok(stat) = fs::read_to_string(format!("/proc/{tid}/stat")) else { return true };
+    let Ok(stat) = fs::read_to_string(format!("/proc/{tid}/stat")) else {
+        return true;
+    };
     // Fields after the parenthesised comm: state is field 3, flags field 9.
-    let Some((_, rest)) = stat.rsplit_once(") ") else { return true };
-    rest.split(' ').nth(6).and_then(|f| f.parse::<u64>().ok()).is_none_or(|f| f & PF_EXITING != 0)
+    let Some((_, rest)) = stat.rsplit_once(") ") else {
+        return true;
+    };
+    rest.split(' ')
+        .nth(6)
+        .and_then(|f| f.parse::<u64>().ok())
+        .is_none_or(|f| f & PF_EXITING != 0)
 }
 
 /// Tgid of a live thread, from /proc/<tid>/status.
 fn tgid_of(tid: u32) -> Option<u32> {
     let s = fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    s.lines().find_map(|l| l.strip_prefix("Tgid:")?.trim().parse().ok())
+    s.lines()
+        .find_map(|l| l.strip_prefix("Tgid:")?.trim().parse().ok())
 }
 
 #[cfg(test)]
@@ -283,16 +316,26 @@ mod tests {
     use crate::record::tests::sample;
 
     fn lvl(id: u64, usage: u64, max: u64) -> MemcgLevel {
-        MemcgLevel { id, usage_pages: usage, max_pages: max }
+        MemcgLevel {
+            id,
+            usage_pages: usage,
+            max_pages: max,
+        }
     }
 
     #[test]
     fn picks_the_nearest_memcg_at_its_limit() {
         let unl = UNLIMITED_PAGES + 5;
         // child at its limit
-        assert_eq!(infer_oom_memcg(&[lvl(3, 100, 100), lvl(2, 500, 1000), lvl(1, 9, unl)], 0), Some(0));
+        assert_eq!(
+            infer_oom_memcg(&[lvl(3, 100, 100), lvl(2, 500, 1000), lvl(1, 9, unl)], 0),
+            Some(0)
+        );
         // child has room, parent is full: the parent's limit fired
-        assert_eq!(infer_oom_memcg(&[lvl(3, 10, 1000), lvl(2, 1000, 1000), lvl(1, 9, unl)], 0), Some(1));
+        assert_eq!(
+            infer_oom_memcg(&[lvl(3, 10, 1000), lvl(2, 1000, 1000), lvl(1, 9, unl)], 0),
+            Some(1)
+        );
         // an order-9 charge does not fit in 100 free pages
         assert_eq!(infer_oom_memcg(&[lvl(3, 900, 1000), lvl(1, 9, unl)], 9), Some(0));
         // nobody near a limit: global
@@ -304,7 +347,11 @@ mod tests {
 
     #[test]
     fn builds_an_inferred_event_from_a_tp_btf_record() {
-        let machine = Machine { page_size: 4096, ram_pages: 1 << 20, swap_pages: 0 };
+        let machine = Machine {
+            page_size: 4096,
+            ram_pages: 1 << 20,
+            swap_pages: 0,
+        };
         let mut e = Enricher::new(Resolver::new(None), None, machine);
         let rec = sample();
         let ev = e.oom_kill(&rec, 7, "tp_btf");
@@ -313,7 +360,10 @@ mod tests {
         assert_eq!(ev.victim.comm, "hog");
         assert_eq!(ev.trigger.comm, "trigger");
         let m = ev.oom_memcg.as_ref().unwrap();
-        assert_eq!((m.id, m.source, m.limit_bytes), (4242, "inferred", Some(16384 * 4096)));
+        assert_eq!(
+            (m.id, m.source, m.limit_bytes),
+            (4242, "inferred", Some(16384 * 4096))
+        );
         assert_eq!(ev.constraint, "memcg");
         assert_eq!(ev.totalpages, Some(16384));
         assert!(ev.inferred.contains(&"oom_memcg"));
@@ -327,7 +377,11 @@ mod tests {
 
     #[test]
     fn exact_records_group_by_kill() {
-        let machine = Machine { page_size: 4096, ram_pages: 1 << 20, swap_pages: 0 };
+        let machine = Machine {
+            page_size: 4096,
+            ram_pages: 1 << 20,
+            swap_pages: 0,
+        };
         let mut e = Enricher::new(Resolver::new(None), None, machine);
         let mut rec = sample();
         rec.flags |= flags::EXACT;

@@ -29,7 +29,9 @@ impl Ksyms {
             if !matches!(kind, "t" | "T" | "w" | "W") {
                 continue;
             }
-            let Ok(addr) = u64::from_str_radix(addr, 16) else { continue };
+            let Ok(addr) = u64::from_str_radix(addr, 16) else {
+                continue;
+            };
             if addr == 0 {
                 continue;
             }
@@ -59,9 +61,17 @@ impl Ksyms {
 /// True for the frames a BPF program's own invocation adds at the top of a stack
 /// (the JITed program, the trampoline/bpf_trace_run glue, the tracepoint iterator).
 pub fn is_bpf_glue(frame: &str) -> bool {
-    ["bpf_prog_", "bpf_trace_run", "__bpf_trace_", "__traceiter_", "trace_call_bpf", "perf_trace_", "bpf_trampoline_"]
-        .iter()
-        .any(|p| frame.starts_with(p))
+    [
+        "bpf_prog_",
+        "bpf_trace_run",
+        "__bpf_trace_",
+        "__traceiter_",
+        "trace_call_bpf",
+        "perf_trace_",
+        "bpf_trampoline_",
+    ]
+    .iter()
+    .any(|p| frame.starts_with(p))
 }
 
 #[cfg(test)]

@@ -143,7 +143,11 @@ pub fn from_reclaim_begin(fmt: &Format, cfg: &mut Config) {
 pub fn page_shift() -> u32 {
     // SAFETY: sysconf has no memory-safety preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if size > 0 { (size as u64).trailing_zeros() } else { 12 }
+    if size > 0 {
+        (size as u64).trailing_zeros()
+    } else {
+        12
+    }
 }
 
 #[cfg(test)]

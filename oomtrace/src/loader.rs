@@ -108,7 +108,11 @@ pub struct Attached {
 fn short(e: &dyn fmt::Display) -> String {
     let s = format!("{e:#}");
     let s = s.lines().next().unwrap_or_default().to_owned();
-    if s.len() > 240 { format!("{}…", &s[..s.floor_char_boundary(240)]) } else { s }
+    if s.len() > 240 {
+        format!("{}…", &s[..s.floor_char_boundary(240)])
+    } else {
+        s
+    }
 }
 
 pub fn load(info: &KernelInfo, ring_bytes: u32) -> Result<Ebpf> {
@@ -140,7 +144,10 @@ pub fn attach(info: &KernelInfo, want: AttachMode, ring_bytes: u32) -> Result<At
     if matches!(want, AttachMode::Auto | AttachMode::Fentry) {
         let r = match (&aya_btf, exact_ok) {
             (Some(btf), true) => attach_fentry(&mut ebpf, btf),
-            (None, _) => Err(anyhow!("needs kernel BTF ({})", info.btf_error.as_deref().unwrap_or("not parsed"))),
+            (None, _) => Err(anyhow!(
+                "needs kernel BTF ({})",
+                info.btf_error.as_deref().unwrap_or("not parsed")
+            )),
             (_, false) => Err(anyhow!("struct oom_control not fully described by BTF")),
         };
         match r {
@@ -171,7 +178,10 @@ pub fn attach(info: &KernelInfo, want: AttachMode, ring_bytes: u32) -> Result<At
     if want != AttachMode::Tracepoint {
         let r = match &aya_btf {
             Some(btf) => attach_tp_btf(&mut ebpf, btf),
-            None => Err(anyhow!("needs kernel BTF ({})", info.btf_error.as_deref().unwrap_or("not parsed"))),
+            None => Err(anyhow!(
+                "needs kernel BTF ({})",
+                info.btf_error.as_deref().unwrap_or("not parsed")
+            )),
         };
         match r {
             Ok(()) => mark_victim = Some("tp_btf"),
@@ -202,10 +212,20 @@ pub fn attach(info: &KernelInfo, want: AttachMode, ring_bytes: u32) -> Result<At
     // 3. Optional: reclaim-begin records for gfp/order where oom_control is not available.
     if report.oom_kill_process.is_none() {
         if info.reclaim_format.is_some() {
-            let a = attach_tracepoint(&mut ebpf, "memcg_reclaim_begin", "vmscan", "mm_vmscan_memcg_reclaim_begin")
-                .and_then(|()| {
-                    attach_tracepoint(&mut ebpf, "direct_reclaim_begin", "vmscan", "mm_vmscan_direct_reclaim_begin")
-                });
+            let a = attach_tracepoint(
+                &mut ebpf,
+                "memcg_reclaim_begin",
+                "vmscan",
+                "mm_vmscan_memcg_reclaim_begin",
+            )
+            .and_then(|()| {
+                attach_tracepoint(
+                    &mut ebpf,
+                    "direct_reclaim_begin",
+                    "vmscan",
+                    "mm_vmscan_direct_reclaim_begin",
+                )
+            });
             match a {
                 Ok(()) => report.reclaim_begin = Some("tracepoint"),
                 Err(e) => log::warn!("allocation gfp_mask/order will be unknown: {}", short(&e)),
@@ -259,7 +279,11 @@ fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) ->
 
 /// Keeps aya's error but logs the verifier's full output at debug level.
 fn verifier_hint(e: aya::programs::ProgramError) -> anyhow::Error {
-    if let aya::programs::ProgramError::LoadError { io_error, verifier_log } = &e {
+    if let aya::programs::ProgramError::LoadError {
+        io_error,
+        verifier_log,
+    } = &e
+    {
         log::debug!("verifier log:\n{verifier_log}");
         return anyhow!("program load refused: {io_error}");
     }

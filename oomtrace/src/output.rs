@@ -30,7 +30,10 @@ pub struct Clock {
 }
 
 fn clock_ns(id: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: ts is a valid, writable timespec.
     unsafe { libc::clock_gettime(id, &mut ts) };
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
@@ -40,7 +43,9 @@ impl Clock {
     pub fn new() -> Self {
         let boot = clock_ns(libc::CLOCK_BOOTTIME);
         let real = clock_ns(libc::CLOCK_REALTIME);
-        Self { offset_ns: real - boot }
+        Self {
+            offset_ns: real - boot,
+        }
     }
 
     pub fn now_boot_ns() -> u64 {
@@ -104,7 +109,14 @@ impl Sink {
             )),
             None => Box::new(BufWriter::new(io::stdout())),
         };
-        Ok(Self { out, format, seq: 0, host, clock, path: path.map(Path::to_owned) })
+        Ok(Self {
+            out,
+            format,
+            seq: 0,
+            host,
+            clock,
+            path: path.map(Path::to_owned),
+        })
     }
 
     /// The sequence number the next line will carry.
@@ -126,7 +138,15 @@ impl Sink {
         let time = self.clock.wall(boot_ns);
         let res = match self.format {
             Format::Json => {
-                let line = Line { schema: SCHEMA_VERSION, kind, seq, time, boot_ns, host: &self.host, body };
+                let line = Line {
+                    schema: SCHEMA_VERSION,
+                    kind,
+                    seq,
+                    time,
+                    boot_ns,
+                    host: &self.host,
+                    body,
+                };
                 serde_json::to_writer(&mut self.out, &line)
                     .map_err(io::Error::from)
                     .and_then(|()| self.out.write_all(b"\n"))
@@ -143,7 +163,10 @@ impl Sink {
         if e.kind() == io::ErrorKind::BrokenPipe {
             return WriteError::Closed;
         }
-        let target = self.path.as_ref().map_or("stdout".to_owned(), |p| p.display().to_string());
+        let target = self
+            .path
+            .as_ref()
+            .map_or("stdout".to_owned(), |p| p.display().to_string());
         let hint = match e.raw_os_error() {
             Some(libc::ENOSPC) => " (the filesystem is full: free space or point --output elsewhere)",
             Some(libc::EROFS) => " (the filesystem is read-only)",
@@ -163,7 +186,11 @@ pub fn human_bytes(b: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{b} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 #[cfg(test)]
@@ -173,7 +200,10 @@ mod tests {
     #[test]
     fn formats_rfc3339() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000000Z");
-        assert_eq!(rfc3339(1_795_811_460_123_456_789), "2026-11-27T20:31:00.123456789Z");
+        assert_eq!(
+            rfc3339(1_795_811_460_123_456_789),
+            "2026-11-27T20:31:00.123456789Z"
+        );
         assert_eq!(rfc3339(951_782_400_000_000_001), "2000-02-29T00:00:00.000000001Z");
         assert_eq!(rfc3339(-1), "1969-12-31T23:59:59.999999999Z");
     }

@@ -51,8 +51,16 @@ pub(crate) mod tests {
         let mut tcomm = [0u8; 16];
         tcomm[..7].copy_from_slice(b"trigger");
         let mut memcg = [MemcgLevel::default(); 8];
-        memcg[0] = MemcgLevel { id: 4242, usage_pages: 16384, max_pages: 16384 };
-        memcg[1] = MemcgLevel { id: 1, usage_pages: 900_000, max_pages: u64::MAX >> 12 };
+        memcg[0] = MemcgLevel {
+            id: 4242,
+            usage_pages: 16384,
+            max_pages: 16384,
+        };
+        memcg[1] = MemcgLevel {
+            id: 1,
+            usage_pages: 900_000,
+            max_pages: u64::MAX >> 12,
+        };
         let mut kstack = [0u64; 32];
         kstack[0] = 0xffff_ffff_8100_0010;
         OomKill {
@@ -61,9 +69,23 @@ pub(crate) mod tests {
             _pad0: [0; 2],
             flags: oomtrace_common::flags::VICTIM_MM | oomtrace_common::flags::VICTIM_MEMCG,
             ts_boot_ns: 1_000_000_000,
-            victim: TaskIds { tgid: 100, tid: 101, memcg_id: 4242, comm },
-            trigger: TaskIds { tgid: 200, tid: 200, memcg_id: 4242, comm: tcomm },
-            victim_mm: MmCounters { total_vm_kb: 70000, anon_rss_kb: 65000, ..Default::default() },
+            victim: TaskIds {
+                tgid: 100,
+                tid: 101,
+                memcg_id: 4242,
+                comm,
+            },
+            trigger: TaskIds {
+                tgid: 200,
+                tid: 200,
+                memcg_id: 4242,
+                comm: tcomm,
+            },
+            victim_mm: MmCounters {
+                total_vm_kb: 70000,
+                anon_rss_kb: 65000,
+                ..Default::default()
+            },
             victim_uid: 1000,
             victim_oom_score_adj: 500,
             memcg,
@@ -78,10 +100,8 @@ pub(crate) mod tests {
 
     pub(crate) fn bytes_of(rec: &OomKill) -> Vec<u8> {
         // SAFETY: OomKill is repr(C) plain data without implicit padding (layout pinned in common).
-        unsafe {
-            std::slice::from_raw_parts((rec as *const OomKill).cast::<u8>(), size_of::<OomKill>())
-        }
-        .to_vec()
+        unsafe { std::slice::from_raw_parts((rec as *const OomKill).cast::<u8>(), size_of::<OomKill>()) }
+            .to_vec()
     }
 
     #[test]

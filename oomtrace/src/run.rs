@@ -146,17 +146,27 @@ pub async fn run(opts: Options) -> Result<()> {
     let sink = Sink::open(opts.format, opts.output.as_deref(), hostname(opts.host), clock)?;
 
     // Kallsyms takes tens of ms to parse: do it off the start-up path.
-    let ksyms = thread::spawn(|| Ksyms::load().map_err(|e| log::warn!("{e:#}: kernel stacks stay raw")).ok());
+    let ksyms = thread::spawn(|| {
+        Ksyms::load()
+            .map_err(|e| log::warn!("{e:#}: kernel stacks stay raw"))
+            .ok()
+    });
 
     let info = KernelInfo::probe();
     if let Some(e) = &info.btf_error {
         log::warn!("no kernel BTF ({e}): only the classic tracepoint mode works, without cgroup ids");
     }
     if !info.btf_missing.is_empty() {
-        log::warn!("not in this kernel's BTF (those fields stay unknown): {}", info.btf_missing.join(", "));
+        log::warn!(
+            "not in this kernel's BTF (those fields stay unknown): {}",
+            info.btf_missing.join(", ")
+        );
     }
     // BPF memory is memcg-accounted since 5.11; older kernels need RLIMIT_MEMLOCK raised.
-    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: rlim is a valid rlimit.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
         log::debug!("could not raise RLIMIT_MEMLOCK (fine on kernels >= 5.11)");
@@ -212,7 +222,10 @@ pub async fn run(opts: Options) -> Result<()> {
     if opts.format == Format::Text {
         eprintln!("oomtrace: watching for OOM kills (mode {})", start.attach.mode);
     }
-    log::debug!("start record after {} µs", (Clock::now_boot_ns() - exec_boot_ns) / 1000);
+    log::debug!(
+        "start record after {} µs",
+        (Clock::now_boot_ns() - exec_boot_ns) / 1000
+    );
 
     let mut tick = tokio::time::interval(DROP_POLL);
     while result.is_ok() {
@@ -235,7 +248,11 @@ pub async fn run(opts: Options) -> Result<()> {
     }
     let lost = stream.ring_lost + stream.decode_lost;
     if result.is_ok() {
-        let stop = Stop { reason: "signal", oom_kills: stream.kills, lost };
+        let stop = Stop {
+            reason: "signal",
+            oom_kills: stream.kills,
+            lost,
+        };
         result = stream.sink.emit("stop", Clock::now_boot_ns(), &stop, None);
     }
     match result {

@@ -35,7 +35,11 @@ pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let p = dir.join(name);
-    assert!(p.exists(), "{} not built (run `cargo build --workspace` first)", p.display());
+    assert!(
+        p.exists(),
+        "{} not built (run `cargo build --workspace` first)",
+        p.display()
+    );
     p
 }
 
@@ -74,7 +78,8 @@ pub fn memory_hierarchy() -> Option<(u8, PathBuf)> {
             return Some((1, mount));
         }
         if post[0] == "cgroup2"
-            && fs::read_to_string(mount.join("cgroup.controllers")).is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"))
+            && fs::read_to_string(mount.join("cgroup.controllers"))
+                .is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"))
         {
             v2 = Some((2, mount));
         }
@@ -89,7 +94,11 @@ pub fn own_memcg_path(version: u8) -> String {
         .find_map(|l| {
             let mut it = l.splitn(3, ':');
             let (_, ctrl, path) = (it.next()?, it.next()?, it.next()?);
-            let hit = if version == 1 { ctrl.split(',').any(|c| c == "memory") } else { ctrl.is_empty() };
+            let hit = if version == 1 {
+                ctrl.split(',').any(|c| c == "memory")
+            } else {
+                ctrl.is_empty()
+            };
             hit.then(|| path.to_owned())
         })
         .expect("memory cgroup line")
@@ -115,13 +124,21 @@ impl TestCgroup {
             Some(p) => p.path.clone(),
             None => own_memcg_path(version),
         };
-        let unique = format!("{name}-{}-{}", std::process::id(), COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let unique = format!(
+            "{name}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         let path = format!("{}/{unique}", base.trim_end_matches('/'));
         let dir = mount.join(path.trim_start_matches('/'));
         fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
         let cg = Self { version, dir, path };
         if limit > 0 {
-            let file = if version == 1 { "memory.limit_in_bytes" } else { "memory.max" };
+            let file = if version == 1 {
+                "memory.limit_in_bytes"
+            } else {
+                "memory.max"
+            };
             cg.write(file, &limit.to_string());
         }
         if version == 2 {
@@ -140,7 +157,11 @@ impl TestCgroup {
 
     /// The kernel's count of OOM kills in this cgroup (v1 memory.oom_control, v2 memory.events).
     pub fn oom_kills(&self) -> u64 {
-        let (file, key) = if self.version == 1 { ("memory.oom_control", "oom_kill") } else { ("memory.events", "oom_kill") };
+        let (file, key) = if self.version == 1 {
+            ("memory.oom_control", "oom_kill")
+        } else {
+            ("memory.events", "oom_kill")
+        };
         self.read(file)
             .lines()
             .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
@@ -153,7 +174,10 @@ impl TestCgroup {
     }
 
     pub fn procs(&self) -> Vec<i32> {
-        self.read("cgroup.procs").lines().filter_map(|l| l.trim().parse().ok()).collect()
+        self.read("cgroup.procs")
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
     }
 }
 
@@ -218,11 +242,18 @@ impl Tracer {
                 }
             }
         });
-        let mut t = Tracer { child, lines: rx, seen: Vec::new(), stopping: false };
+        let mut t = Tracer {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+            stopping: false,
+        };
         let start = t.wait_for(Duration::from_secs(20), |v| v["type"] == "start");
         if start.is_none() {
             let status = t.child.try_wait().ok().flatten();
-            panic!("oomtrace {args:?} printed no start record within 20 s (exit status: {status:?}; see stderr above)");
+            panic!(
+                "oomtrace {args:?} printed no start record within 20 s (exit status: {status:?}; see stderr above)"
+            );
         }
         t
     }
@@ -230,16 +261,17 @@ impl Tracer {
     fn pump(&mut self, timeout: Duration) -> bool {
         match self.lines.recv_timeout(timeout) {
             Ok(line) => {
-                let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
                 self.seen.push(v);
                 true
             }
             Err(RecvTimeoutError::Timeout) => false,
             Err(RecvTimeoutError::Disconnected) => {
-                if let Ok(Some(status)) = self.child.try_wait() {
-                    if !self.stopping {
-                        panic!("oomtrace exited early with {status:?} (see stderr above)");
-                    }
+                if let Ok(Some(status)) = self.child.try_wait()
+                    && !self.stopping
+                {
+                    panic!("oomtrace exited early with {status:?} (see stderr above)");
                 }
                 thread::sleep(timeout.min(Duration::from_millis(50)));
                 false
@@ -278,14 +310,17 @@ impl Tracer {
         self.child.id() as i32
     }
 
-    /// Sends SIGINT, collects the remaining lines and returns the exit status.
+    /// Sends SIGINT, collects the remaining lines, checks every line against the published JSON
+    /// Schema, and returns the exit status and the lines.
     pub fn stop(mut self) -> (ExitStatus, Vec<Value>) {
         // SAFETY: kill has no memory-safety preconditions.
         unsafe { libc::kill(self.pid(), libc::SIGINT) };
         self.stopping = true;
         let status = self.child.wait().expect("wait oomtrace");
         while self.pump(Duration::from_millis(200)) {}
-        (status, std::mem::take(&mut self.seen))
+        let lines = std::mem::take(&mut self.seen);
+        check_schema(&lines);
+        (status, lines)
     }
 }
 
@@ -298,11 +333,17 @@ impl Drop for Tracer {
 
 /// Runs the hog to completion (or death) and returns its exit status.
 pub fn run_hog(args: &[&str]) -> ExitStatus {
-    Command::new(bin("oomtrace-hog")).args(args).status().expect("spawn oomtrace-hog")
+    Command::new(bin("oomtrace-hog"))
+        .args(args)
+        .status()
+        .expect("spawn oomtrace-hog")
 }
 
 pub fn spawn_hog(args: &[&str]) -> Child {
-    Command::new(bin("oomtrace-hog")).args(args).spawn().expect("spawn oomtrace-hog")
+    Command::new(bin("oomtrace-hog"))
+        .args(args)
+        .spawn()
+        .expect("spawn oomtrace-hog")
 }
 
 /// Kernel log lines (without the `[ time]` prefix) since the test began, from `dmesg`.
@@ -337,7 +378,10 @@ pub fn killed_line(pid: u32) -> Option<std::collections::HashMap<String, String>
 /// The kernel's (rate-limited) `oom-kill:constraint=...,oom_memcg=...,task_memcg=...,task=...,pid=N,uid=N` line.
 pub fn oom_kill_line(pid: u32) -> Option<std::collections::HashMap<String, String>> {
     let needle = format!(",pid={pid},");
-    let line = dmesg().into_iter().rev().find(|l| l.starts_with("oom-kill:") && l.contains(&needle))?;
+    let line = dmesg()
+        .into_iter()
+        .rev()
+        .find(|l| l.starts_with("oom-kill:") && l.contains(&needle))?;
     Some(
         line.trim_start_matches("oom-kill:")
             .split(',')
@@ -354,4 +398,22 @@ pub fn kills_in<'a>(lines: &'a [Value], cg: &TestCgroup) -> Vec<&'a Value> {
         .iter()
         .filter(|v| v["type"] == "oom_kill" && v["victim"]["cgroup"]["id"] == id)
         .collect()
+}
+
+/// Validates every line against docs/events.schema.json, the published contract.
+pub fn check_schema(lines: &[Value]) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/events.schema.json");
+    let schema: Value = serde_json::from_str(&fs::read_to_string(&path).expect("read events.schema.json"))
+        .expect("events.schema.json is JSON");
+    let validator = jsonschema::validator_for(&schema).expect("events.schema.json is a valid schema");
+    for line in lines {
+        let errors: Vec<String> = validator
+            .iter_errors(line)
+            .map(|e| format!("{} at {}", e, e.instance_path))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "line violates docs/events.schema.json: {errors:?}\n{line}"
+        );
+    }
 }

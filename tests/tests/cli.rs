@@ -31,7 +31,14 @@ fn help_lists_commands_and_exit_codes() {
     }
     let (code, out, _) = run(oomtrace().args(["run", "--help"]));
     assert_eq!(code, 0);
-    for flag in ["--format", "--output", "--attach", "tp_btf", "tracepoint", "--ring-size"] {
+    for flag in [
+        "--format",
+        "--output",
+        "--attach",
+        "tp_btf",
+        "tracepoint",
+        "--ring-size",
+    ] {
         assert!(out.contains(flag), "run --help lacks {flag}:\n{out}");
     }
 }
@@ -56,11 +63,23 @@ fn usage_errors_exit_2_with_a_message() {
 
 #[test]
 fn unprivileged_run_names_the_missing_capabilities() {
-    skip_unless!(is_root(), "needs root to drop to an unprivileged user with setpriv");
-    skip_unless!(std::path::Path::new("/usr/bin/setpriv").exists(), "setpriv (util-linux) not installed");
+    skip_unless!(
+        is_root(),
+        "needs root to drop to an unprivileged user with setpriv"
+    );
+    skip_unless!(
+        std::path::Path::new("/usr/bin/setpriv").exists(),
+        "setpriv (util-linux) not installed"
+    );
     let bin = bin("oomtrace");
     let (code, out, err) = run(Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--",
+        ])
         .arg(&bin)
         .arg("run"));
     assert_eq!(code, 1, "{err}");
@@ -71,14 +90,30 @@ fn unprivileged_run_names_the_missing_capabilities() {
 
     // Only CAP_BPF: the message names just what is missing.
     let (code, _, err) = run(Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=+bpf", "--ambient-caps=+bpf", "--"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=+bpf",
+            "--ambient-caps=+bpf",
+            "--",
+        ])
         .arg(&bin)
         .arg("run"));
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("CAP_PERFMON") && !err.contains("CAP_BPF and"), "{err}");
+    assert!(
+        err.contains("CAP_PERFMON") && !err.contains("CAP_BPF and"),
+        "{err}"
+    );
 
     let (code, out, _) = run(Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--",
+        ])
         .arg(&bin)
         .arg("check"));
     assert_eq!(code, 1);
@@ -90,12 +125,32 @@ fn check_reports_what_the_kernel_offers() {
     skip_unless!(is_root(), "check attaches programs: needs root");
     let (code, out, err) = run(oomtrace().arg("check"));
     assert_eq!(code, 0, "{out}{err}");
-    for line in ["kernel", "privileges        ok", "btf", "tracefs", "memory cgroup", "attach fentry", "attach kprobe", "attach tp_btf", "attach tracepoint", "run would use"] {
+    for line in [
+        "kernel",
+        "privileges        ok",
+        "btf",
+        "tracefs",
+        "memory cgroup",
+        "attach fentry",
+        "attach kprobe",
+        "attach tp_btf",
+        "attach tracepoint",
+        "run would use",
+    ] {
         assert!(out.contains(line), "check lacks '{line}':\n{out}");
     }
     // Whatever it says `run` would use must be one it marked ok.
-    let chosen = out.lines().find_map(|l| l.strip_prefix("run would use")).unwrap().trim().to_owned();
-    assert!(out.lines().any(|l| l.starts_with(&format!("attach {chosen}")) && l.ends_with(" ok")), "{out}");
+    let chosen = out
+        .lines()
+        .find_map(|l| l.strip_prefix("run would use"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&format!("attach {chosen}")) && l.ends_with(" ok")),
+        "{out}"
+    );
     // And no program is left attached: a second check sees the same.
     let (_, again, _) = run(oomtrace().arg("check"));
     assert_eq!(again, out);
@@ -107,7 +162,10 @@ fn unwritable_output_fails_before_attaching() {
     let (code, out, err) = run(oomtrace().args(["run", "--output", "/proc/version/nope.jsonl"]));
     assert_eq!(code, 1, "{err}");
     assert!(out.is_empty());
-    assert!(err.contains("failed to open --output /proc/version/nope.jsonl"), "{err}");
+    assert!(
+        err.contains("failed to open --output /proc/version/nope.jsonl"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -117,11 +175,19 @@ fn output_file_gets_appended_json_lines() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("events.jsonl");
     std::fs::write(&path, "{\"previous\":true}\n").unwrap();
-    let mut child = oomtrace().args(["run", "--output"]).arg(&path).stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = oomtrace()
+        .args(["run", "--output"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut ok = false;
     for _ in 0..200 {
         std::thread::sleep(Duration::from_millis(25));
-        if std::fs::read_to_string(&path).unwrap().contains("\"type\":\"start\"") {
+        if std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("\"type\":\"start\"")
+        {
             ok = true;
             break;
         }
@@ -148,14 +214,24 @@ fn closed_stdout_is_a_clean_exit() {
     skip_unless!(is_root(), "needs root to attach");
     // `oomtrace run | head -1`: the reader leaves after the start line; the next write (the stop
     // record on SIGINT) hits a closed pipe, which must end oomtrace with 0 and no panic.
-    let mut child = oomtrace().arg("run").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = oomtrace()
+        .arg("run")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap(); // reader dropped here
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap(); // reader dropped here
     assert!(first.contains("\"type\":\"start\""), "{first}");
     // SAFETY: plain kill(2).
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
-    assert!(!err.contains("panicked") && !err.contains("oomtrace: error"), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("oomtrace: error"),
+        "{err}"
+    );
 }

@@ -28,11 +28,17 @@ macro_rules! require_root_memcg {
 
 /// Modes this kernel can attach, per `oomtrace check`.
 fn attachable_modes() -> Vec<&'static str> {
-    let out = std::process::Command::new(bin("oomtrace")).arg("check").output().expect("oomtrace check");
+    let out = std::process::Command::new(bin("oomtrace"))
+        .arg("check")
+        .output()
+        .expect("oomtrace check");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     ["fentry", "kprobe", "tp_btf", "tracepoint"]
         .into_iter()
-        .filter(|m| text.lines().any(|l| l.starts_with(&format!("attach {m}")) && l.trim_end().ends_with(" ok")))
+        .filter(|m| {
+            text.lines()
+                .any(|l| l.starts_with(&format!("attach {m}")) && l.trim_end().ends_with(" ok"))
+        })
         .collect()
 }
 
@@ -53,11 +59,17 @@ fn single_kill(mode: &str) {
         let child = spawn_hog(&["--cgroup", &dir, "--adj", "500"]);
         let pid = child.id();
         let status = wait_child(child);
-        assert_eq!(status.signal(), Some(9), "the hog should die of SIGKILL, got {status:?}");
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "the hog should die of SIGKILL, got {status:?}"
+        );
         assert_eq!(128 + status.signal().unwrap(), 137);
         let mut tracer = tracer;
         let rec = tracer
-            .wait_for(Duration::from_secs(10), |v| v["type"] == "oom_kill" && v["victim"]["pid"] == pid)
+            .wait_for(Duration::from_secs(10), |v| {
+                v["type"] == "oom_kill" && v["victim"]["pid"] == pid
+            })
             .unwrap_or_else(|| panic!("no oom_kill record for pid {pid} (mode {mode})"));
         let (status, lines) = tracer.stop();
         assert!(status.success(), "oomtrace exited with {status:?}");
@@ -105,12 +117,27 @@ fn single_kill(mode: &str) {
         assert_eq!(rec["oom_memcg"]["limit_bytes"], 64 * MIB);
         assert_eq!(rec["totalpages"], 64 * MIB / 4096);
         // The allocation: a user page fault charged to the memcg.
-        let stack: Vec<&str> = rec["allocation"]["kernel_stack"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
-        assert!(stack.first().is_some_and(|f| !f.starts_with("bpf_")), "BPF frames not stripped: {stack:?}");
+        let stack: Vec<&str> = rec["allocation"]["kernel_stack"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap())
+            .collect();
+        assert!(
+            stack.first().is_some_and(|f| !f.starts_with("bpf_")),
+            "BPF frames not stripped: {stack:?}"
+        );
         assert!(stack.iter().any(|f| f.starts_with("out_of_memory+")), "{stack:?}");
-        assert!(stack.iter().any(|f| f.starts_with("mem_cgroup_out_of_memory+")), "{stack:?}");
+        assert!(
+            stack.iter().any(|f| f.starts_with("mem_cgroup_out_of_memory+")),
+            "{stack:?}"
+        );
         assert!(stack.iter().any(|f| f.contains("page_fault")), "{stack:?}");
-        assert!(rec["allocation"]["gfp_mask"].as_str().is_some_and(|g| g.starts_with("0x")));
+        assert!(
+            rec["allocation"]["gfp_mask"]
+                .as_str()
+                .is_some_and(|g| g.starts_with("0x"))
+        );
         // Exactly one record for this victim, and no loss.
         assert_eq!(kills_in(&lines, &cg).len(), 1, "one kill, one record");
         assert!(!lines.iter().any(|l| l["type"] == "lost"), "unexpected loss");
@@ -126,14 +153,20 @@ fn wait_child(mut child: std::process::Child) -> std::process::ExitStatus {
 #[test]
 fn kill_is_reported_exactly_in_tp_btf_mode() {
     require_root_memcg!();
-    skip_unless!(attachable_modes().contains(&"tp_btf"), "tp_btf cannot attach on this kernel");
+    skip_unless!(
+        attachable_modes().contains(&"tp_btf"),
+        "tp_btf cannot attach on this kernel"
+    );
     single_kill("tp_btf");
 }
 
 #[test]
 fn kill_is_reported_exactly_in_tracepoint_mode() {
     require_root_memcg!();
-    skip_unless!(attachable_modes().contains(&"tracepoint"), "tracepoint cannot attach on this kernel");
+    skip_unless!(
+        attachable_modes().contains(&"tracepoint"),
+        "tracepoint cannot attach on this kernel"
+    );
     single_kill("tracepoint");
 }
 
@@ -160,14 +193,19 @@ fn auto_mode_reports_a_kill() {
 fn trigger_and_victim_differ() {
     require_root_memcg!();
     let _lock = kill_lock();
-    for mode in attachable_modes().into_iter().filter(|m| ["tp_btf", "tracepoint"].contains(m)) {
+    for mode in attachable_modes()
+        .into_iter()
+        .filter(|m| ["tp_btf", "tracepoint"].contains(m))
+    {
         let cg = TestCgroup::new("oomtrace-tv", 64 * MIB).expect("cgroup");
         let dir = cg.dir.to_string_lossy().into_owned();
         let mut tracer = Tracer::start(&["--attach", mode]);
         // The victim: 40 MiB held, the highest score the OOM killer can see.
         let ready = format!("/tmp/oomtrace-tv-ready-{}", std::process::id());
         let _ = std::fs::remove_file(&ready);
-        let mut victim = spawn_hog(&["--cgroup", &dir, "--adj", "1000", "--mb", "40", "--ready", &ready, "--hold"]);
+        let mut victim = spawn_hog(&[
+            "--cgroup", &dir, "--adj", "1000", "--mb", "40", "--ready", &ready, "--hold",
+        ]);
         for _ in 0..500 {
             if std::path::Path::new(&ready).exists() {
                 break;
@@ -177,16 +215,28 @@ fn trigger_and_victim_differ() {
         assert!(std::path::Path::new(&ready).exists(), "victim never got ready");
         // The trigger: oom_score_adj 0 (lowering it needs CAP_SYS_RESOURCE), asks for 40 MiB more than fits.
         let trigger = run_hog(&["--cgroup", &dir, "--mb", "40"]);
-        assert!(trigger.success(), "the trigger should survive and finish: {trigger:?}");
+        assert!(
+            trigger.success(),
+            "the trigger should survive and finish: {trigger:?}"
+        );
         let vstatus = victim.wait().unwrap();
-        assert_eq!(vstatus.signal(), Some(9), "the victim should have been OOM-killed");
+        assert_eq!(
+            vstatus.signal(),
+            Some(9),
+            "the victim should have been OOM-killed"
+        );
         let vpid = victim.id();
         let rec = tracer
-            .wait_for(Duration::from_secs(10), |v| v["type"] == "oom_kill" && v["victim"]["tid"] == vpid)
+            .wait_for(Duration::from_secs(10), |v| {
+                v["type"] == "oom_kill" && v["victim"]["tid"] == vpid
+            })
             .unwrap_or_else(|| panic!("no record for victim {vpid} in mode {mode}"));
         // The classic record names only the thread; its tgid is looked up in procfs while it lasts.
         let p = &rec["victim"]["pid"];
-        assert!(*p == vpid || (mode == "tracepoint" && p.is_null()), "victim pid {p}, want {vpid}");
+        assert!(
+            *p == vpid || (mode == "tracepoint" && p.is_null()),
+            "victim pid {p}, want {vpid}"
+        );
         let (_, lines) = tracer.stop();
         let _ = std::fs::remove_file(&ready);
         assert_eq!(rec["victim"]["comm"], "oomtrace-hog");
@@ -196,7 +246,10 @@ fn trigger_and_victim_differ() {
         if mode == "tracepoint" {
             // The classic record carries no cgroup: procfs is asked, and must answer right or not at all.
             let p = &rec["victim"]["cgroup"];
-            assert!(p.is_null() || p["path"] == cg.path.as_str(), "wrong victim cgroup {p}");
+            assert!(
+                p.is_null() || p["path"] == cg.path.as_str(),
+                "wrong victim cgroup {p}"
+            );
         } else {
             assert_eq!(rec["victim"]["cgroup"]["path"], cg.path.as_str(), "mode {mode}");
         }
@@ -204,7 +257,10 @@ fn trigger_and_victim_differ() {
         let killed = killed_line(vpid).expect("kernel kill line");
         assert_eq!(num(&rec["victim"]["anon_rss_kb"]).to_string(), killed["anon-rss"]);
         let id = cg.inode();
-        let n = lines.iter().filter(|l| l["type"] == "oom_kill" && l["oom_memcg"]["id"] == id).count();
+        let n = lines
+            .iter()
+            .filter(|l| l["type"] == "oom_kill" && l["oom_memcg"]["id"] == id)
+            .count();
         assert_eq!(n, 1, "one kill in the cgroup, one record");
         assert_eq!(cg.oom_kills(), 1);
     }
@@ -225,7 +281,9 @@ fn parent_limit_is_the_oom_memcg() {
     let mut tracer = Tracer::start(&[]);
     let status = run_hog(&["--cgroup", &child.dir.to_string_lossy()]);
     assert_eq!(status.signal(), Some(9));
-    let rec = tracer.wait_for(Duration::from_secs(10), |v| v["type"] == "oom_kill").expect("record");
+    let rec = tracer
+        .wait_for(Duration::from_secs(10), |v| v["type"] == "oom_kill")
+        .expect("record");
     let _ = tracer.stop();
     assert_eq!(rec["victim"]["cgroup"]["path"], child.path.as_str());
     assert_eq!(rec["oom_memcg"]["path"], parent.path.as_str());
@@ -258,7 +316,10 @@ fn storm_of_300_kills_loses_nothing() {
     assert_eq!(got, N, "records seen");
     assert_eq!(kills.len(), N, "records for the storm cgroup");
     assert_eq!(cg.oom_kills(), N as u64, "kernel memcg counter");
-    assert_eq!(vm_delta, N as u64, "/proc/vmstat oom_kill delta (another OOM ran concurrently?)");
+    assert_eq!(
+        vm_delta, N as u64,
+        "/proc/vmstat oom_kill delta (another OOM ran concurrently?)"
+    );
     let mut victims: Vec<u64> = kills.iter().map(|k| num(&k["victim"]["pid"])).collect();
     victims.sort_unstable();
     victims.dedup();

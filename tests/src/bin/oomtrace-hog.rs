@@ -8,7 +8,8 @@ use std::{env, fs, process::ExitCode, thread, time::Duration};
 
 fn main() -> ExitCode {
     let mut args = env::args().skip(1);
-    let (mut cgroup, mut adj, mut mb, mut step_kb, mut ready, mut hold) = (None, None, None, 1024usize, None, false);
+    let (mut cgroup, mut adj, mut mb, mut step_kb, mut ready, mut hold) =
+        (None, None, None, 1024usize, None, false);
     while let Some(a) = args.next() {
         let mut val = || args.next().expect("flag needs a value");
         match a.as_str() {
