@@ -151,6 +151,20 @@ fn wait_child(mut child: std::process::Child) -> std::process::ExitStatus {
 }
 
 #[test]
+fn kill_is_reported_exactly_in_fentry_mode() {
+    require_root_memcg!();
+    skip_unless!(attachable_modes().contains(&"fentry"), "fentry cannot attach on this kernel");
+    single_kill("fentry");
+}
+
+#[test]
+fn kill_is_reported_exactly_in_kprobe_mode() {
+    require_root_memcg!();
+    skip_unless!(attachable_modes().contains(&"kprobe"), "kprobes cannot attach on this kernel");
+    single_kill("kprobe");
+}
+
+#[test]
 fn kill_is_reported_exactly_in_tp_btf_mode() {
     require_root_memcg!();
     skip_unless!(
@@ -332,4 +346,36 @@ fn storm_of_300_kills_loses_nothing() {
     for (i, l) in lines.iter().enumerate() {
         assert_eq!(num(&l["seq"]), i as u64, "seq gap at line {i}");
     }
+}
+
+/// Where an exact mode (fentry/kprobe: `struct oom_control`) and an inferring mode (tp_btf) both
+/// run, the inferred fields of one kill must equal the exact ones.
+#[test]
+fn inferred_fields_match_the_exact_ones() {
+    require_root_memcg!();
+    let modes = attachable_modes();
+    let exact = modes.iter().find(|m| ["fentry", "kprobe"].contains(m));
+    skip_unless!(exact.is_some(), "no exact mode (fentry/kprobe) on this kernel to compare against");
+    skip_unless!(modes.contains(&"tp_btf"), "tp_btf cannot attach on this kernel");
+    let _lock = kill_lock();
+    let cg = TestCgroup::new("oomtrace-cmp", 32 * MIB).expect("cgroup");
+    let mut a = Tracer::start(&["--attach", exact.unwrap()]);
+    let mut b = Tracer::start(&["--attach", "tp_btf"]);
+    let status = run_hog(&["--cgroup", &cg.dir.to_string_lossy(), "--adj", "300"]);
+    assert_eq!(status.signal(), Some(9));
+    let is_kill = |v: &Value| v["type"] == "oom_kill";
+    let ra = a.wait_for(Duration::from_secs(10), is_kill).expect("exact record");
+    let rb = b.wait_for(Duration::from_secs(10), is_kill).expect("inferred record");
+    let _ = (a.stop(), b.stop());
+    assert!(ra["inferred"].as_array().unwrap().is_empty(), "{ra}");
+    assert_eq!(ra["oom_memcg"]["source"], "oom_control");
+    assert_eq!(rb["oom_memcg"]["source"], "inferred");
+    for f in ["constraint", "totalpages"] {
+        assert_eq!(ra[f], rb[f], "{f}");
+    }
+    assert_eq!(ra["oom_memcg"]["id"], rb["oom_memcg"]["id"]);
+    assert_eq!(ra["oom_memcg"]["path"], rb["oom_memcg"]["path"]);
+    assert_eq!(ra["victim"]["points"], rb["victim"]["points"], "oom_badness inferred vs chosen_points");
+    assert_eq!(ra["victim"], rb["victim"]);
+    assert_eq!(ra["allocation"]["order"], rb["allocation"]["order"]);
 }
