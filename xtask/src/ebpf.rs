@@ -26,7 +26,17 @@ pub fn build(workspace: &Path, target_dir: &Path) -> Result<PathBuf, String> {
     .join("\x1f");
     let mut cmd = Command::new("rustup");
     cmd.current_dir(&crate_dir)
-        .args(["run", NIGHTLY, "cargo", "build", "--release", "-Z", "build-std=core", "--target", TARGET])
+        .args([
+            "run",
+            NIGHTLY,
+            "cargo",
+            "build",
+            "--release",
+            "-Z",
+            "build-std=core",
+            "--target",
+            TARGET,
+        ])
         .arg("--target-dir")
         .arg(target_dir)
         .env("CARGO_ENCODED_RUSTFLAGS", rustflags);
@@ -34,7 +44,16 @@ pub fn build(workspace: &Path, target_dir: &Path) -> Result<PathBuf, String> {
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy().into_owned();
         let leak = k.starts_with("CARGO_") && k != "CARGO_HOME"
-            || matches!(k.as_str(), "RUSTC" | "RUSTDOC" | "RUSTC_WRAPPER" | "RUSTC_WORKSPACE_WRAPPER" | "RUSTFLAGS" | "RUSTUP_TOOLCHAIN" | "CARGO");
+            || matches!(
+                k.as_str(),
+                "RUSTC"
+                    | "RUSTDOC"
+                    | "RUSTC_WRAPPER"
+                    | "RUSTC_WORKSPACE_WRAPPER"
+                    | "RUSTFLAGS"
+                    | "RUSTUP_TOOLCHAIN"
+                    | "CARGO"
+            );
         if leak && k != "CARGO_ENCODED_RUSTFLAGS" {
             cmd.env_remove(&k);
         }
