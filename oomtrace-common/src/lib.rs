@@ -21,7 +21,12 @@ pub const ABSENT: u32 = u32::MAX;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecordKind {
     OomKill = 1,
+    Signal = 2,
+    Exit = 3,
 }
+
+/// Length of the executable's file name captured for signal senders (`mm->exe_file` dentry name).
+pub const EXE_LEN: usize = 32;
 
 /// How the record's victim was read. The numbering is part of the wire contract.
 #[repr(u8)]
@@ -155,6 +160,49 @@ pub struct OomKill {
 }
 const _: () = assert!(size_of::<OomKill>() == 16 + 64 + 56 + 8 + 192 + 8 + 56 + 24 + 8 + 256);
 
+/// A signal generated for a task: `signal:signal_generate`, emitted for SIGKILL (or every fatal
+/// signal with `--signals all`). `current` is the sender; kernel code sending on a task's behalf
+/// (the OOM killer) shows as that task with `code` SI_KERNEL.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Signal {
+    /// [`RecordKind::Signal`].
+    pub kind: u8,
+    /// [`VictimSource`]: how the target was read.
+    pub source: u8,
+    pub _pad0: [u8; 2],
+    pub sig: i32,
+    pub ts_boot_ns: u64,
+    pub sender: TaskIds,
+    pub target: TaskIds,
+    pub sender_uid: u32,
+    /// `si_code` as the tracepoint reports it (SI_USER 0, SI_KERNEL 0x80, SI_QUEUE -1, SI_TKILL -6, ...).
+    pub code: i32,
+    /// Non-zero: sent to the whole thread group (PIDTYPE_TGID or wider).
+    pub group: i32,
+    /// `enum trace_signal_deliver`: 0 delivered, 1 ignored, 2 already pending, 3 overflow, 4 lose info.
+    pub result: i32,
+    /// Basename of the sender's executable (`current->mm->exe_file`), empty for kernel threads.
+    pub sender_exe: [u8; EXE_LEN],
+}
+const _: () = assert!(size_of::<Signal>() == 16 + 64 + 16 + EXE_LEN);
+
+/// A thread group that died of a signal: `sched:sched_process_exit` for its last thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Exit {
+    /// [`RecordKind::Exit`].
+    pub kind: u8,
+    pub _pad0: [u8; 3],
+    /// `task->exit_code`: the terminating signal in the low 7 bits, 0x80 if it dumped core.
+    pub exit_code: i32,
+    pub ts_boot_ns: u64,
+    pub task: TaskIds,
+    /// The group leader's `start_boottime`, ns since boot.
+    pub start_boot_ns: u64,
+}
+const _: () = assert!(size_of::<Exit>() == 16 + 32 + 8);
+
 /// Kernel layout facts resolved by the loader from the running kernel's BTF and tracefs, handed to
 /// the programs as a frozen `.rodata` global. Offsets are in bytes; [`ABSENT`] means "not on this kernel".
 #[repr(C)]
@@ -220,8 +268,34 @@ pub struct Config {
     pub tp_reclaim_gfp_size: u32,
     /// log2(PAGE_SIZE) of the running kernel.
     pub page_shift: u32,
+    // Whodunit: exits and signals.
+    pub task_exit_code: u32,
+    pub task_group_leader: u32,
+    pub task_start_boottime: u32,
+    /// `signal_struct.live`: threads still alive (0 once the last one passed do_exit's decrement).
+    pub signal_live: u32,
+    pub mm_exe_file: u32,
+    /// `file.f_path.dentry`
+    pub file_dentry: u32,
+    /// `dentry.d_name.name`
+    pub dentry_name: u32,
+    /// `kernel_siginfo.si_code`
+    pub siginfo_code: u32,
+    // tracepoint signal:signal_generate record layout
+    pub tp_sig_sig: u32,
+    pub tp_sig_code: u32,
+    pub tp_sig_comm: u32,
+    pub tp_sig_pid: u32,
+    pub tp_sig_group: u32,
+    pub tp_sig_result: u32,
+    /// tracepoint sched:sched_process_exit `group_dead` (bool), ABSENT before 6.16.
+    pub tp_exit_group_dead: u32,
+    /// Report every fatal signal (1) or only SIGKILL (0).
+    pub all_signals: u32,
+    /// Only report signals to / exits of this tgid (0: all).
+    pub filter_tgid: u32,
 }
-const _: () = assert!(size_of::<Config>() == 46 * 4);
+const _: () = assert!(size_of::<Config>() == 63 * 4);
 
 impl Config {
     /// Every offset absent: the programs read nothing until the loader fills it in.
@@ -272,6 +346,23 @@ impl Config {
         tp_reclaim_gfp: ABSENT,
         tp_reclaim_gfp_size: 8,
         page_shift: 12,
+        task_exit_code: ABSENT,
+        task_group_leader: ABSENT,
+        task_start_boottime: ABSENT,
+        signal_live: ABSENT,
+        mm_exe_file: ABSENT,
+        file_dentry: ABSENT,
+        dentry_name: ABSENT,
+        siginfo_code: ABSENT,
+        tp_sig_sig: ABSENT,
+        tp_sig_code: ABSENT,
+        tp_sig_comm: ABSENT,
+        tp_sig_pid: ABSENT,
+        tp_sig_group: ABSENT,
+        tp_sig_result: ABSENT,
+        tp_exit_group_dead: ABSENT,
+        all_signals: 0,
+        filter_tgid: 0,
     };
 }
 
@@ -282,4 +373,6 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::OomControl {}
     unsafe impl aya::Pod for super::Reclaim {}
+    unsafe impl aya::Pod for super::Signal {}
+    unsafe impl aya::Pod for super::Exit {}
 }

@@ -2,6 +2,7 @@
 //! - `mark_victim.rs`: one record per OOM-killed task (`tp_btf` or classic tracepoint).
 //! - `oom_control.rs`: exact `struct oom_control` facts at `oom_kill_process` (fentry or kprobe).
 //! - `reclaim.rs`: the trigger's latest reclaim attempt, for gfp/order on tracepoint-only kernels.
+//! - `whodunit.rs`: every SIGKILL generated and every process that died of one.
 //! - `kernel.rs`: reading kernel structs at offsets the loader resolved from BTF.
 #![no_std]
 #![no_main]
@@ -10,6 +11,7 @@ mod kernel;
 mod mark_victim;
 mod oom_control;
 mod reclaim;
+mod whodunit;
 
 use aya_ebpf::{
     macros::map,

@@ -95,7 +95,7 @@ impl Enricher {
         }
     }
 
-    fn cgroup(&mut self, id: u64, pid_hint: u32) -> Option<Cgroup> {
+    pub fn cgroup(&mut self, id: u64, pid_hint: u32) -> Option<Cgroup> {
         if id == 0 {
             return None;
         }

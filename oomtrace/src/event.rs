@@ -39,6 +39,8 @@ pub struct AttachReport {
     pub oom_kill_process: Option<&'static str>,
     pub mark_victim: &'static str,
     pub reclaim_begin: Option<&'static str>,
+    pub signal_generate: Option<&'static str>,
+    pub process_exit: Option<&'static str>,
     /// Why each better mode was not used.
     pub fallbacks: Vec<String>,
 }
@@ -131,4 +133,77 @@ pub struct Stop {
     pub reason: &'static str,
     pub oom_kills: u64,
     pub lost: u64,
+}
+
+/// A process, as a signal sender or target, or as the one that exited.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Process {
+    pub pid: Option<u32>,
+    pub tid: u32,
+    pub comm: String,
+    pub cgroup: Option<Cgroup>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Sender {
+    #[serde(flatten)]
+    pub process: Process,
+    pub uid: u32,
+    /// Basename of the executable, read in the kernel at send time (null for kernel threads).
+    pub exe: Option<String>,
+    /// Full path and command line, read from /proc when the record arrived (null if the sender had exited).
+    pub exe_path: Option<String>,
+    pub cmdline: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SignalEv {
+    pub sig: i32,
+    pub signal: String,
+    pub sender: Sender,
+    pub target: Process,
+    /// `si_code` name: SI_USER, SI_KERNEL, SI_QUEUE, SI_TKILL, ... (or the number).
+    pub code: String,
+    pub code_value: i32,
+    /// true: sent to the whole process; false: to one thread (tgkill).
+    pub group: bool,
+    /// delivered | ignored | already_pending | overflow_fail | lose_info
+    pub result: &'static str,
+    /// The OOM kill this signal belongs to (the OOM killer's SIGKILL to the victim or to a process
+    /// sharing its memory), or null.
+    pub kill_id: Option<u64>,
+}
+
+/// Why an OOM-killed process died: the kill it belongs to.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OomCause {
+    pub kill_id: u64,
+    /// `seq` of the oom_kill record (null when the process only shared the victim's memory).
+    pub oom_kill_seq: Option<u64>,
+    pub oom_memcg: Option<Cgroup>,
+    pub constraint: &'static str,
+    pub trigger: Option<Process>,
+    /// true when this process was killed because it shared the victim's mm (no oom_kill record of its own).
+    pub shared_mm: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ExitEv {
+    pub process: Process,
+    pub exit_signal: i32,
+    pub signal: String,
+    pub core_dumped: bool,
+    /// As a shell prints it: 128 + the signal (137 for SIGKILL).
+    pub exit_code: i32,
+    pub runtime_ns: Option<u64>,
+    /// kernel_oom | process | kernel_other | unknown
+    pub verdict: &'static str,
+    pub oom: Option<OomCause>,
+    /// For `process` and `kernel_other`: who generated the fatal signal.
+    pub killer: Option<Sender>,
+    pub signal_code: Option<String>,
+    /// `seq` of the signal record the verdict rests on.
+    pub signal_seq: Option<u64>,
+    /// Why the verdict is `unknown` or `kernel_other`, in words.
+    pub reason: Option<String>,
 }

@@ -5,10 +5,16 @@ use std::{collections::HashMap, fs};
 
 use anyhow::{Context, Result};
 
+/// Text symbols in a compact table: kallsyms has ~120k of them, and a daemon that sits idle on
+/// every node should not spend 10 MB on their names. Names live in one string; each entry is the
+/// address, the name's offset and length, and an index into the module names.
 #[derive(Debug, Default)]
 pub struct Ksyms {
-    /// Sorted by address: (address, symbol, module).
-    syms: Vec<(u64, String, Option<String>)>,
+    addrs: Vec<u64>,
+    /// (offset into `names`, length, module index + 1 or 0)
+    refs: Vec<(u32, u16, u16)>,
+    names: String,
+    modules: Vec<String>,
 }
 
 impl Ksyms {
@@ -18,8 +24,9 @@ impl Ksyms {
     }
 
     pub fn parse(text: &str) -> Self {
-        let mut modules: HashMap<&str, String> = HashMap::new();
-        let mut syms = Vec::with_capacity(200_000);
+        let mut k = Ksyms::default();
+        let mut modules: HashMap<&str, u16> = HashMap::new();
+        let mut entries: Vec<(u64, u32, u16, u16)> = Vec::new();
         for line in text.lines() {
             let mut it = line.split_ascii_whitespace();
             let (Some(addr), Some(kind), Some(name)) = (it.next(), it.next(), it.next()) else {
@@ -32,28 +39,51 @@ impl Ksyms {
             let Ok(addr) = u64::from_str_radix(addr, 16) else {
                 continue;
             };
-            if addr == 0 {
+            if addr == 0 || name.len() > usize::from(u16::MAX) {
                 continue;
             }
-            let module = it.next().map(|m| {
-                let m = m.trim_start_matches('[').trim_end_matches(']');
-                modules.entry(m).or_insert_with(|| m.to_owned()).clone()
-            });
-            syms.push((addr, name.to_owned(), module));
+            let module = match it.next() {
+                Some(m) => {
+                    let m = m.trim_start_matches('[').trim_end_matches(']');
+                    let next = u16::try_from(modules.len() + 1).unwrap_or(0);
+                    *modules.entry(m).or_insert(next)
+                }
+                None => 0,
+            };
+            let Ok(off) = u32::try_from(k.names.len()) else {
+                break;
+            };
+            k.names.push_str(name);
+            entries.push((addr, off, name.len() as u16, module));
         }
-        syms.sort_unstable_by_key(|s| s.0);
-        Self { syms }
+        entries.sort_unstable_by_key(|e| e.0);
+        k.addrs = entries.iter().map(|e| e.0).collect();
+        k.refs = entries.iter().map(|e| (e.1, e.2, e.3)).collect();
+        let mut mods: Vec<(&str, u16)> = modules.into_iter().collect();
+        mods.sort_unstable_by_key(|m| m.1);
+        k.modules = mods.into_iter().map(|(m, _)| m.to_owned()).collect();
+        k.names.shrink_to_fit();
+        k
     }
 
     /// `symbol+0xoff` (with ` [module]`), or the raw address in hex when unknown.
     pub fn symbolize(&self, addr: u64) -> String {
-        let i = self.syms.partition_point(|s| s.0 <= addr);
-        match i.checked_sub(1).map(|i| &self.syms[i]) {
-            Some((base, name, module)) if addr - base < 1 << 20 => match module {
-                Some(m) => format!("{name}+{:#x} [{m}]", addr - base),
-                None => format!("{name}+{:#x}", addr - base),
-            },
-            _ => format!("{addr:#x}"),
+        let i = self.addrs.partition_point(|&a| a <= addr);
+        let Some(i) = i.checked_sub(1) else {
+            return format!("{addr:#x}");
+        };
+        let base = self.addrs[i];
+        if addr - base >= 1 << 20 {
+            return format!("{addr:#x}");
+        }
+        let (off, len, module) = self.refs[i];
+        let name = &self.names[off as usize..off as usize + usize::from(len)];
+        match module
+            .checked_sub(1)
+            .and_then(|m| self.modules.get(usize::from(m)))
+        {
+            Some(m) => format!("{name}+{:#x} [{m}]", addr - base),
+            None => format!("{name}+{:#x}", addr - base),
         }
     }
 }
@@ -100,7 +130,7 @@ ffffffffc0001000 t nf_hook [nf_tables]
     #[test]
     fn hidden_addresses_give_an_empty_table() {
         let k = Ksyms::parse("0000000000000000 T _stext\n0000000000000000 T foo\n");
-        assert!(k.syms.is_empty());
+        assert!(k.addrs.is_empty());
         assert_eq!(k.symbolize(0xffffffff81000000), "0xffffffff81000000");
     }
 

@@ -67,6 +67,16 @@ pub fn from_btf(btf: &Btf, cfg: &mut Config) -> Vec<String> {
     }
     cfg.page_counter_usage = off(btf, "page_counter", "usage", m);
     cfg.page_counter_max = off(btf, "page_counter", "max", m);
+    // Whodunit: kernel/exit.c, include/linux/fs.h, include/linux/dcache.h, include/linux/signal_types.h (v6.18)
+    cfg.task_exit_code = off(btf, "task_struct", "exit_code", m);
+    cfg.task_group_leader = off(btf, "task_struct", "group_leader", m);
+    // Named real_start_time before 5.5 (cf7d8a7e2b35); only the boot-time clock matches our timestamps.
+    cfg.task_start_boottime = off(btf, "task_struct", "start_boottime", m);
+    cfg.signal_live = off(btf, "signal_struct", "live", m);
+    cfg.mm_exe_file = off(btf, "mm_struct", "exe_file", m);
+    cfg.file_dentry = off(btf, "file", "f_path.dentry", m);
+    cfg.dentry_name = off(btf, "dentry", "d_name.name", m);
+    cfg.siginfo_code = off(btf, "kernel_siginfo", "si_code", m);
     // include/linux/oom.h
     cfg.oc_memcg = off(btf, "oom_control", "memcg", m);
     cfg.oc_gfp_mask = off(btf, "oom_control", "gfp_mask", m);
@@ -138,6 +148,29 @@ pub fn from_reclaim_begin(fmt: &Format, cfg: &mut Config) {
         }
         _ => cfg.tp_reclaim_gfp = ABSENT,
     }
+}
+
+/// Record layout of `signal:signal_generate`.
+pub fn from_signal_generate(fmt: &Format, cfg: &mut Config) {
+    let at = |name: &str, size: u32| {
+        fmt.field(name)
+            .filter(|f| f.size == size)
+            .map_or(ABSENT, |f| f.offset)
+    };
+    cfg.tp_sig_sig = at("sig", 4);
+    cfg.tp_sig_code = at("code", 4);
+    cfg.tp_sig_comm = at("comm", 16);
+    cfg.tp_sig_pid = at("pid", 4);
+    cfg.tp_sig_group = at("group", 4);
+    cfg.tp_sig_result = at("result", 4);
+}
+
+/// `sched:sched_process_exit` gained `group_dead` in 6.16; before, the program reads signal->live.
+pub fn from_process_exit(fmt: &Format, cfg: &mut Config) {
+    cfg.tp_exit_group_dead = fmt
+        .field("group_dead")
+        .filter(|f| f.size == 1)
+        .map_or(ABSENT, |f| f.offset);
 }
 
 pub fn page_shift() -> u32 {

@@ -59,6 +59,8 @@ pub struct KernelInfo {
     pub tracefs: Option<PathBuf>,
     pub mark_victim_format: Option<tracefs::Format>,
     pub reclaim_format: Option<tracefs::Format>,
+    pub signal_format: Option<tracefs::Format>,
+    pub exit_format: Option<tracefs::Format>,
 }
 
 impl KernelInfo {
@@ -87,6 +89,14 @@ impl KernelInfo {
         if let Some(f) = &reclaim_format {
             layout::from_reclaim_begin(f, &mut cfg);
         }
+        let signal_format = read("signal", "signal_generate");
+        if let Some(f) = &signal_format {
+            layout::from_signal_generate(f, &mut cfg);
+        }
+        let exit_format = read("sched", "sched_process_exit");
+        if let Some(f) = &exit_format {
+            layout::from_process_exit(f, &mut cfg);
+        }
         Self {
             cfg,
             btf,
@@ -95,6 +105,8 @@ impl KernelInfo {
             tracefs,
             mark_victim_format,
             reclaim_format,
+            signal_format,
+            exit_format,
         }
     }
 }
@@ -177,7 +189,7 @@ pub fn attach(info: &KernelInfo, want: AttachMode, ring_bytes: u32) -> Result<At
     let mut mark_victim = None;
     if want != AttachMode::Tracepoint {
         let r = match &aya_btf {
-            Some(btf) => attach_tp_btf(&mut ebpf, btf),
+            Some(btf) => attach_btf_tp(&mut ebpf, "mark_victim_btf", "mark_victim", btf),
             None => Err(anyhow!(
                 "needs kernel BTF ({})",
                 info.btf_error.as_deref().unwrap_or("not parsed")
@@ -234,6 +246,44 @@ pub fn attach(info: &KernelInfo, want: AttachMode, ring_bytes: u32) -> Result<At
             log::warn!("allocation gfp_mask/order will be unknown: no vmscan reclaim tracepoints in tracefs");
         }
     }
+    // 4. Whodunit: every SIGKILL generated and every process that died of one. Optional: without
+    //    them oom_kill records still flow, but no `signal`/`exit` verdicts.
+    let sig = if report.mark_victim == "tp_btf" {
+        aya_btf
+            .as_ref()
+            .map_or_else(
+                || Err(anyhow!("no BTF")),
+                |btf| attach_btf_tp(&mut ebpf, "signal_generate_btf", "signal_generate", btf),
+            )
+            .map(|()| "tp_btf")
+    } else {
+        Err(anyhow!("not in tp_btf mode"))
+    }
+    .or_else(|_| {
+        if info.signal_format.is_none() {
+            bail!("no signal:signal_generate in tracefs");
+        }
+        attach_tracepoint(&mut ebpf, "signal_generate_tp", "signal", "signal_generate").map(|()| "tracepoint")
+    });
+    match sig {
+        Ok(m) => report.signal_generate = Some(m),
+        Err(e) => log::warn!("signal records and kill verdicts are off: {}", short(&e)),
+    }
+    let exit_ok = info.exit_format.is_some()
+        && info.cfg.task_exit_code != oomtrace_common::ABSENT
+        && (info.cfg.tp_exit_group_dead != oomtrace_common::ABSENT
+            || info.cfg.signal_live != oomtrace_common::ABSENT);
+    let exit = if exit_ok {
+        attach_tracepoint(&mut ebpf, "process_exit", "sched", "sched_process_exit")
+    } else {
+        Err(anyhow!(
+            "needs sched:sched_process_exit and task_struct.exit_code from BTF"
+        ))
+    };
+    match exit {
+        Ok(()) => report.process_exit = Some("tracepoint"),
+        Err(e) => log::warn!("exit records and kill verdicts are off: {}", short(&e)),
+    }
     Ok(Attached { ebpf, report })
 }
 
@@ -257,12 +307,12 @@ fn attach_kprobe(ebpf: &mut Ebpf) -> Result<()> {
     Ok(())
 }
 
-fn attach_tp_btf(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<()> {
+fn attach_btf_tp(ebpf: &mut Ebpf, prog: &str, tracepoint: &str, btf: &aya::Btf) -> Result<()> {
     let p: &mut BtfTracePoint = ebpf
-        .program_mut("mark_victim_btf")
-        .context("program missing from object")?
+        .program_mut(prog)
+        .with_context(|| format!("program {prog} missing from object"))?
         .try_into()?;
-    p.load("mark_victim", btf).map_err(verifier_hint)?;
+    p.load(tracepoint, btf).map_err(verifier_hint)?;
     p.attach()?;
     Ok(())
 }

@@ -16,6 +16,7 @@ mod output;
 mod record;
 mod run;
 mod tracefs;
+mod whodunit;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -53,12 +54,36 @@ struct RunArgs {
     /// How to attach to the kernel (auto picks the best that works).
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     attach: AttachMode,
-    /// Kernel ring buffer size in bytes: a power of two, 4096..=1073741824.
-    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = parse_ring_size)]
+    /// Kernel ring buffer size in bytes: a power of two, 4096..=1073741824. The default holds ~380
+    /// oom_kill records between two reads.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 18, value_parser = parse_ring_size)]
     ring_size: u32,
     /// Host name put in every record (default: this machine's; on Kubernetes pass the node name).
     #[arg(long, value_name = "NAME")]
     host: Option<String>,
+    /// Which signals get `signal` records and `exit` verdicts: SIGKILL only, or every signal whose
+    /// default action is fatal.
+    #[arg(long, value_enum, default_value_t = run::Signals::Kill)]
+    signals: run::Signals,
+    /// Only report what concerns this process (as victim, trigger, signal target or sender).
+    #[arg(long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    pid: Option<u32>,
+    /// Only report what concerns this cgroup or its descendants (path as /proc/<pid>/cgroup prints it).
+    #[arg(long, value_name = "PATH", value_parser = parse_cgroup_path)]
+    cgroup: Option<String>,
+}
+
+fn parse_cgroup_path(s: &str) -> Result<String, String> {
+    if !s.starts_with('/') {
+        return Err(format!(
+            "`{s}` is not a cgroup path: it must start with / (as in /proc/<pid>/cgroup)"
+        ));
+    }
+    Ok(if s.len() > 1 {
+        s.trim_end_matches('/').to_owned()
+    } else {
+        s.to_owned()
+    })
 }
 
 fn parse_ring_size(s: &str) -> Result<u32, String> {
@@ -88,6 +113,11 @@ fn main() -> ExitCode {
                     attach: a.attach,
                     ring_size: a.ring_size,
                     host: a.host,
+                    signals: a.signals,
+                    filter: run::Filter {
+                        pid: a.pid,
+                        cgroup: a.cgroup,
+                    },
                 }))
             })
             .map(|()| ExitCode::SUCCESS),

@@ -4,31 +4,45 @@
 use std::mem::size_of;
 
 use anyhow::{Result, bail};
-use oomtrace_common::{OomKill, RecordKind};
+use oomtrace_common::{Exit, OomKill, RecordKind, Signal};
 
 #[derive(Debug)]
 pub enum Record {
     OomKill(Box<OomKill>),
+    Signal(Box<Signal>),
+    Exit(Box<Exit>),
+}
+
+/// Copies a `T` out of `bytes` after checking the length.
+///
+/// # Safety
+/// `T` must be a `repr(C)` type made only of integers (valid for any bit pattern).
+unsafe fn copy_out<T>(bytes: &[u8], what: &str) -> Result<T> {
+    if bytes.len() < size_of::<T>() {
+        bail!(
+            "{what} record of {} bytes, expected {}",
+            bytes.len(),
+            size_of::<T>()
+        );
+    }
+    // SAFETY: length checked above; any bit pattern is valid per the caller's contract;
+    // read_unaligned copes with the ring buffer's 8-byte alignment.
+    Ok(unsafe { bytes.as_ptr().cast::<T>().read_unaligned() })
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Record> {
     let Some(&kind) = bytes.first() else {
         bail!("empty record");
     };
+    // SAFETY (all three): the record types are repr(C) integers and arrays of integers.
     match kind {
         k if k == RecordKind::OomKill as u8 => {
-            if bytes.len() < size_of::<OomKill>() {
-                bail!(
-                    "oom_kill record of {} bytes, expected {}",
-                    bytes.len(),
-                    size_of::<OomKill>()
-                );
-            }
-            // SAFETY: the length was checked above; OomKill is repr(C) plain integers, valid for any
-            // bit pattern, and read_unaligned copes with the ring buffer's 8-byte alignment.
-            let rec = unsafe { bytes.as_ptr().cast::<OomKill>().read_unaligned() };
-            Ok(Record::OomKill(Box::new(rec)))
+            Ok(Record::OomKill(Box::new(unsafe { copy_out(bytes, "oom_kill") }?)))
         }
+        k if k == RecordKind::Signal as u8 => {
+            Ok(Record::Signal(Box::new(unsafe { copy_out(bytes, "signal") }?)))
+        }
+        k if k == RecordKind::Exit as u8 => Ok(Record::Exit(Box::new(unsafe { copy_out(bytes, "exit") }?))),
         k => bail!("unknown record kind {k}"),
     }
 }
@@ -109,7 +123,9 @@ pub(crate) mod tests {
         let rec = sample();
         let mut buf = vec![0u8; 1];
         buf.extend(bytes_of(&rec));
-        let Record::OomKill(got) = decode(&buf[1..]).unwrap();
+        let Record::OomKill(got) = decode(&buf[1..]).unwrap() else {
+            panic!("wrong kind")
+        };
         assert_eq!(got.victim, rec.victim);
         assert_eq!(got.memcg[0], rec.memcg[0]);
         assert_eq!(comm(&got.victim.comm), "hog");
@@ -126,6 +142,10 @@ pub(crate) mod tests {
         assert!(decode(&bad).is_err());
         bad[0] = 77;
         assert!(decode(&bad).is_err());
+        // a signal record is shorter than an oom_kill one: a truncated one is refused too
+        bad[0] = RecordKind::Signal as u8;
+        assert!(decode(&bad[..40]).is_err());
+        assert!(matches!(decode(&bad).unwrap(), Record::Signal(_)));
     }
 
     #[test]

@@ -13,11 +13,12 @@ use tokio::{
 use crate::{
     caps, cgroup, check,
     enrich::{Enricher, Machine},
-    event::{CgroupReport, Lost, Start, Stop},
+    event::{Cgroup, CgroupReport, Lost, Start, Stop},
     ksyms::Ksyms,
     loader::{self, AttachMode, KernelInfo},
     output::{Clock, Format, Sink, WriteError, human_bytes},
     record::{self, Record},
+    whodunit::{self, Whodunit},
 };
 
 pub struct Options {
@@ -26,6 +27,48 @@ pub struct Options {
     pub attach: AttachMode,
     pub ring_size: u32,
     pub host: Option<String>,
+    pub signals: Signals,
+    pub filter: Filter,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Signals {
+    /// SIGKILL only.
+    Kill,
+    /// Every signal whose default action terminates the process.
+    All,
+}
+
+/// `--pid` / `--cgroup`: what a user watching one workload wants to see. The pid filter also runs
+/// in the kernel for signals and exits; everything is checked again here.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub pid: Option<u32>,
+    pub cgroup: Option<String>,
+}
+
+impl Filter {
+    fn active(&self) -> bool {
+        self.pid.is_some() || self.cgroup.is_some()
+    }
+
+    fn in_cgroup(&self, c: Option<&Cgroup>) -> bool {
+        let (Some(want), Some(path)) = (&self.cgroup, c.and_then(|c| c.path.as_deref())) else {
+            return false;
+        };
+        want == "/"
+            || path == want
+            || path
+                .strip_prefix(want.as_str())
+                .is_some_and(|r| r.starts_with('/'))
+    }
+
+    /// True if the record concerns one of `pids` or one of `cgroups`.
+    fn matches(&self, pids: &[Option<u32>], cgroups: &[Option<&Cgroup>]) -> bool {
+        let pid_ok = self.pid.is_none_or(|p| pids.contains(&Some(p)));
+        let cg_ok = self.cgroup.is_none() || cgroups.iter().any(|c| self.in_cgroup(*c));
+        pid_ok && cg_ok
+    }
 }
 
 /// How often kernel-side drop counters are polled when no record arrives.
@@ -34,6 +77,8 @@ const DROP_POLL: Duration = Duration::from_secs(1);
 struct Stream {
     sink: Sink,
     enricher: Enricher,
+    whodunit: Whodunit,
+    filter: Filter,
     ksyms: Option<thread::JoinHandle<Option<Ksyms>>>,
     mode: &'static str,
     kills: u64,
@@ -66,9 +111,53 @@ impl Stream {
                 }
                 let seq = self.sink.next_seq();
                 let ev = self.enricher.oom_kill(&rec, seq, self.mode);
+                self.whodunit.note_oom_kill(&ev, seq, rec.ts_boot_ns);
+                let f = &self.filter;
+                if f.active()
+                    && !f.matches(
+                        &[ev.victim.pid, Some(ev.trigger.pid)],
+                        &[
+                            ev.victim.cgroup.as_ref(),
+                            ev.trigger.cgroup.as_ref(),
+                            ev.oom_memcg
+                                .as_ref()
+                                .map(|m| Cgroup {
+                                    id: m.id,
+                                    path: m.path.clone(),
+                                })
+                                .as_ref(),
+                        ],
+                    )
+                {
+                    return Ok(());
+                }
                 let text = text_line(&ev);
                 self.kills += 1;
                 self.sink.emit("oom_kill", rec.ts_boot_ns, &ev, Some(text))
+            }
+            Ok(Record::Signal(rec)) => {
+                let seq = self.sink.next_seq();
+                let ev = self.whodunit.signal(&rec, seq, &mut self.enricher);
+                let f = &self.filter;
+                if f.active()
+                    && !f.matches(
+                        &[ev.target.pid, Some(ev.target.tid), ev.sender.process.pid],
+                        &[ev.target.cgroup.as_ref(), ev.sender.process.cgroup.as_ref()],
+                    )
+                {
+                    return Ok(());
+                }
+                self.sink.emit("signal", rec.ts_boot_ns, &ev, None)
+            }
+            Ok(Record::Exit(rec)) => {
+                let ev = self.whodunit.exit(&rec, &mut self.enricher);
+                let f = &self.filter;
+                let oom_cg = ev.oom.as_ref().and_then(|o| o.oom_memcg.as_ref());
+                if f.active() && !f.matches(&[ev.process.pid], &[ev.process.cgroup.as_ref(), oom_cg]) {
+                    return Ok(());
+                }
+                let text = whodunit::sentence(&ev);
+                self.sink.emit("exit", rec.ts_boot_ns, &ev, Some(text))
             }
             Err(e) => {
                 log::warn!("dropping an undecodable record: {e:#}");
@@ -119,6 +208,15 @@ fn text_line(ev: &crate::event::OomKill) -> String {
     )
 }
 
+/// Returns freed heap pages to the kernel (glibc keeps them otherwise).
+fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory; no pointers are invalidated.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 fn hostname(over: Option<String>) -> String {
     if let Some(h) = over {
         return h;
@@ -152,7 +250,9 @@ pub async fn run(opts: Options) -> Result<()> {
             .ok()
     });
 
-    let info = KernelInfo::probe();
+    let mut info = KernelInfo::probe();
+    info.cfg.all_signals = u32::from(opts.signals == Signals::All);
+    info.cfg.filter_tgid = opts.filter.pid.unwrap_or(0);
     if let Some(e) = &info.btf_error {
         log::warn!("no kernel BTF ({e}): only the classic tracepoint mode works, without cgroup ids");
     }
@@ -178,12 +278,17 @@ pub async fn run(opts: Options) -> Result<()> {
         log::info!("not using {f}");
     }
     log::info!(
-        "attached: mode {} (oom_kill_process: {}, mark_victim: {}, reclaim: {})",
+        "attached: mode {} (oom_kill_process: {}, mark_victim: {}, reclaim: {}, signal_generate: {}, process_exit: {})",
         report.mode,
         report.oom_kill_process.unwrap_or("-"),
         report.mark_victim,
-        report.reclaim_begin.unwrap_or("-")
+        report.reclaim_begin.unwrap_or("-"),
+        report.signal_generate.unwrap_or("-"),
+        report.process_exit.unwrap_or("-")
     );
+    // Kernel BTF (~15 MB parsed) is only needed to attach: give it back before idling.
+    info.btf = None;
+    trim_heap();
     let (ring, drops) = loader::take_maps(&mut attached.ebpf)?;
     // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until the AsyncFd (its
     // owner from here on) is dropped.
@@ -196,6 +301,8 @@ pub async fn run(opts: Options) -> Result<()> {
     let mut stream = Stream {
         sink,
         enricher: Enricher::new(resolver, None, Machine::read()),
+        whodunit: Whodunit::default(),
+        filter: opts.filter.clone(),
         ksyms: Some(ksyms),
         mode: report.mode,
         kills: 0,
@@ -226,6 +333,11 @@ pub async fn run(opts: Options) -> Result<()> {
         "start record after {} µs",
         (Clock::now_boot_ns() - exec_boot_ns) / 1000
     );
+    // Now that readers know we are up, finish loading kernel symbols and give back the parse buffers.
+    if let Some(h) = stream.ksyms.take() {
+        stream.enricher.ksyms = h.join().ok().flatten().map(Arc::new);
+    }
+    trim_heap();
 
     let mut tick = tokio::time::interval(DROP_POLL);
     while result.is_ok() {

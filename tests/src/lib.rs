@@ -15,16 +15,22 @@ use std::{
 
 use serde_json::Value;
 
-/// Prints a visible skip line and returns from the test.
+/// Prints a visible skip line and returns from the test. It writes to stderr directly, past the
+/// test harness's output capture, so the skip shows in a passing run too.
 #[macro_export]
 macro_rules! skip_unless {
     ($cond:expr, $why:expr) => {
         if !$cond {
-            eprintln!("SKIP {}: {}", module_path!(), $why);
-            println!("SKIP {}: {}", module_path!(), $why);
+            $crate::skip_note(module_path!(), line!(), &$why);
             return;
         }
     };
+}
+
+#[doc(hidden)]
+pub fn skip_note(module: &str, line: u32, why: &dyn std::fmt::Display) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "SKIP {module}:{line}: {why}");
 }
 
 /// Path of a binary built in this workspace's target dir (next to the test executable).

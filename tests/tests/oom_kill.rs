@@ -153,14 +153,20 @@ fn wait_child(mut child: std::process::Child) -> std::process::ExitStatus {
 #[test]
 fn kill_is_reported_exactly_in_fentry_mode() {
     require_root_memcg!();
-    skip_unless!(attachable_modes().contains(&"fentry"), "fentry cannot attach on this kernel");
+    skip_unless!(
+        attachable_modes().contains(&"fentry"),
+        "fentry cannot attach on this kernel"
+    );
     single_kill("fentry");
 }
 
 #[test]
 fn kill_is_reported_exactly_in_kprobe_mode() {
     require_root_memcg!();
-    skip_unless!(attachable_modes().contains(&"kprobe"), "kprobes cannot attach on this kernel");
+    skip_unless!(
+        attachable_modes().contains(&"kprobe"),
+        "kprobes cannot attach on this kernel"
+    );
     single_kill("kprobe");
 }
 
@@ -355,7 +361,10 @@ fn inferred_fields_match_the_exact_ones() {
     require_root_memcg!();
     let modes = attachable_modes();
     let exact = modes.iter().find(|m| ["fentry", "kprobe"].contains(m));
-    skip_unless!(exact.is_some(), "no exact mode (fentry/kprobe) on this kernel to compare against");
+    skip_unless!(
+        exact.is_some(),
+        "no exact mode (fentry/kprobe) on this kernel to compare against"
+    );
     skip_unless!(modes.contains(&"tp_btf"), "tp_btf cannot attach on this kernel");
     let _lock = kill_lock();
     let cg = TestCgroup::new("oomtrace-cmp", 32 * MIB).expect("cgroup");
@@ -364,8 +373,12 @@ fn inferred_fields_match_the_exact_ones() {
     let status = run_hog(&["--cgroup", &cg.dir.to_string_lossy(), "--adj", "300"]);
     assert_eq!(status.signal(), Some(9));
     let is_kill = |v: &Value| v["type"] == "oom_kill";
-    let ra = a.wait_for(Duration::from_secs(10), is_kill).expect("exact record");
-    let rb = b.wait_for(Duration::from_secs(10), is_kill).expect("inferred record");
+    let ra = a
+        .wait_for(Duration::from_secs(10), is_kill)
+        .expect("exact record");
+    let rb = b
+        .wait_for(Duration::from_secs(10), is_kill)
+        .expect("inferred record");
     let _ = (a.stop(), b.stop());
     assert!(ra["inferred"].as_array().unwrap().is_empty(), "{ra}");
     assert_eq!(ra["oom_memcg"]["source"], "oom_control");
@@ -375,7 +388,10 @@ fn inferred_fields_match_the_exact_ones() {
     }
     assert_eq!(ra["oom_memcg"]["id"], rb["oom_memcg"]["id"]);
     assert_eq!(ra["oom_memcg"]["path"], rb["oom_memcg"]["path"]);
-    assert_eq!(ra["victim"]["points"], rb["victim"]["points"], "oom_badness inferred vs chosen_points");
+    assert_eq!(
+        ra["victim"]["points"], rb["victim"]["points"],
+        "oom_badness inferred vs chosen_points"
+    );
     assert_eq!(ra["victim"], rb["victim"]);
     assert_eq!(ra["allocation"]["order"], rb["allocation"]["order"]);
 }
