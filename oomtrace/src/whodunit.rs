@@ -209,18 +209,19 @@ impl Whodunit {
 
         // The OOM killer's SIGKILL to a process that shares the victim's memory.
         let mut kill_id = None;
-        if kernel && rec.sig == SIGKILL {
-            if let Some(last) = &self.last_oom {
-                let fresh = rec.ts_boot_ns.saturating_sub(last.ts_ns) < SHARED_MM_WINDOW_NS;
-                if fresh && last.trigger_tid == s.tid && last.victim_tgid != Some(key) {
-                    kill_id = Some(last.cause.kill_id);
-                    let cause = OomCause {
-                        oom_kill_seq: None,
-                        shared_mm: true,
-                        ..last.cause.clone()
-                    };
-                    self.entry(key, rec.ts_boot_ns).oom = Some(cause);
-                }
+        if kernel
+            && rec.sig == SIGKILL
+            && let Some(last) = &self.last_oom
+        {
+            let fresh = rec.ts_boot_ns.saturating_sub(last.ts_ns) < SHARED_MM_WINDOW_NS;
+            if fresh && last.trigger_tid == s.tid && last.victim_tgid != Some(key) {
+                kill_id = Some(last.cause.kill_id);
+                let cause = OomCause {
+                    oom_kill_seq: None,
+                    shared_mm: true,
+                    ..last.cause.clone()
+                };
+                self.entry(key, rec.ts_boot_ns).oom = Some(cause);
             }
         }
         let note = SigNote {
