@@ -110,7 +110,11 @@ fn emit_signal(
         &mut *ptr
     };
     target(s);
-    if tgid_filtered(if s.target.tgid != 0 { s.target.tgid } else { s.target.tid }) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // --pid keeps signals to that process and signals it sends.
+    if tgid_filtered(if s.target.tgid != 0 { s.target.tgid } else { s.target.tid })
+        && tgid_filtered((pid_tgid >> 32) as u32)
+    {
         entry.discard(0);
         return 0;
     }
@@ -125,7 +129,6 @@ fn emit_signal(
     // SAFETY: the running task, only read through probe reads.
     let current = unsafe { bpf_get_current_task() } as *const u8;
     task_ids(current, &mut s.sender);
-    let pid_tgid = bpf_get_current_pid_tgid();
     s.sender.tid = pid_tgid as u32;
     s.sender.tgid = (pid_tgid >> 32) as u32;
     s.sender.comm = bpf_get_current_comm().unwrap_or([0; 16]);

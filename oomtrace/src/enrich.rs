@@ -117,7 +117,13 @@ impl Enricher {
             Some(k) => frames.map(|a| k.symbolize(a)).collect(),
             None => frames.map(|a| format!("{a:#x}")).collect(),
         };
-        let glue = out.iter().take_while(|f| ksyms::is_bpf_glue(f)).count();
+        // Leading frames of the BPF program itself: its JIT image (a bare address unless
+        // net.core.bpf_jit_kallsyms names it) and the tracepoint glue.
+        let symbolized = self.ksyms.is_some();
+        let glue = out
+            .iter()
+            .take_while(|f| (symbolized && f.starts_with("0x")) || ksyms::is_bpf_glue(f))
+            .count();
         out.drain(..glue);
         out
     }

@@ -41,6 +41,8 @@ pub struct AttachReport {
     pub reclaim_begin: Option<&'static str>,
     pub signal_generate: Option<&'static str>,
     pub process_exit: Option<&'static str>,
+    /// How OOMs that kill nothing are seen: `cgroup_v1_oom_control`, `cgroup_v2_memory_events`, or null.
+    pub memcg_oom: Option<&'static str>,
     /// Why each better mode was not used.
     pub fallbacks: Vec<String>,
 }
@@ -206,4 +208,20 @@ pub struct ExitEv {
     pub signal_seq: Option<u64>,
     /// Why the verdict is `unknown` or `kernel_other`, in words.
     pub reason: Option<String>,
+}
+
+/// A memory cgroup entered OOM handling (with or without killing anything).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MemcgOomEv {
+    pub memcg: Cgroup,
+    /// `cgroup_v1_oom_control` or `cgroup_v2_memory_events`: which kernel notification said so.
+    pub source: &'static str,
+    /// v1: the cgroup is in OOM right now (tasks wait, e.g. with oom_kill_disable).
+    pub under_oom: Option<bool>,
+    /// v1: the OOM killer is disabled for this cgroup: OOM means waiting, not killing.
+    pub oom_kill_disable: Option<bool>,
+    /// The cgroup's own count of OOM kills when the notification was read.
+    pub oom_kills: Option<u64>,
+    /// v2: OOM events this notification covers.
+    pub oom_events: Option<u64>,
 }

@@ -12,6 +12,7 @@ mod event;
 mod ksyms;
 mod layout;
 mod loader;
+mod memcg_watch;
 mod output;
 mod record;
 mod run;

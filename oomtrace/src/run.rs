@@ -13,9 +13,10 @@ use tokio::{
 use crate::{
     caps, cgroup, check,
     enrich::{Enricher, Machine},
-    event::{Cgroup, CgroupReport, Lost, Start, Stop},
+    event::{Cgroup, CgroupReport, Lost, MemcgOomEv, Start, Stop},
     ksyms::Ksyms,
     loader::{self, AttachMode, KernelInfo},
+    memcg_watch::{self, MemcgOom},
     output::{Clock, Format, Sink, WriteError, human_bytes},
     record::{self, Record},
     whodunit::{self, Whodunit},
@@ -150,6 +151,9 @@ impl Stream {
                 self.sink.emit("signal", rec.ts_boot_ns, &ev, None)
             }
             Ok(Record::Exit(rec)) => {
+                if self.whodunit.duplicate_exit(&rec) {
+                    return Ok(());
+                }
                 let ev = self.whodunit.exit(&rec, &mut self.enricher);
                 let f = &self.filter;
                 let oom_cg = ev.oom.as_ref().and_then(|o| o.oom_memcg.as_ref());
@@ -166,6 +170,34 @@ impl Stream {
                 self.emit_lost("decode_error", 1, total)
             }
         }
+    }
+
+    fn memcg_oom(&mut self, m: MemcgOom) -> Result<(), WriteError> {
+        let ev = MemcgOomEv {
+            memcg: Cgroup {
+                id: m.id,
+                path: Some(m.path),
+            },
+            source: m.source,
+            under_oom: m.under_oom,
+            oom_kill_disable: m.oom_kill_disable,
+            oom_kills: m.oom_kills,
+            oom_events: m.oom_events,
+        };
+        if self.filter.active() && !self.filter.matches(&[], &[Some(&ev.memcg)]) {
+            return Ok(());
+        }
+        let text = format!(
+            "memcg_oom {} hit its limit and entered OOM handling{}; {} OOM kill(s) in it so far",
+            ev.memcg.path.as_deref().unwrap_or("?"),
+            if ev.oom_kill_disable == Some(true) {
+                " (oom_kill_disable: tasks wait, nothing is killed)"
+            } else {
+                ""
+            },
+            ev.oom_kills.map_or("?".to_owned(), |k| k.to_string()),
+        );
+        self.sink.emit("memcg_oom", m.ts_boot_ns, &ev, Some(text))
     }
 
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<(), WriteError> {
@@ -296,6 +328,13 @@ pub async fn run(opts: Options) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("failed to poll the ring buffer: {e}"))?;
 
     let hierarchy = cgroup::detect();
+    let (memcg_tx, mut memcg_rx) = tokio::sync::mpsc::unbounded_channel();
+    let memcg_watch = match &hierarchy {
+        Some(h) => memcg_watch::spawn(h.clone(), memcg_tx)
+            .map_err(|e| log::warn!("memcg_oom records are off: {e:#}"))
+            .is_ok(),
+        None => false,
+    };
     let mut resolver = cgroup::Resolver::new(hierarchy.clone());
     resolver.walk();
     let mut stream = Stream {
@@ -309,6 +348,16 @@ pub async fn run(opts: Options) -> Result<()> {
         ring_lost: 0,
         decode_lost: 0,
     };
+    let mut report = report;
+    if memcg_watch {
+        report.memcg_oom = hierarchy.as_ref().map(|h| {
+            if h.version == 1 {
+                "cgroup_v1_oom_control"
+            } else {
+                "cgroup_v2_memory_events"
+            }
+        });
+    }
     let start = Start {
         version: env!("CARGO_PKG_VERSION"),
         kernel: check::kernel_release(),
@@ -347,6 +396,7 @@ pub async fn run(opts: Options) -> Result<()> {
                 result = stream.drain(guard.get_inner_mut()).and_then(|()| stream.check_drops(&drops));
                 guard.clear_ready();
             }
+            Some(m) = memcg_rx.recv(), if memcg_watch => result = stream.memcg_oom(m),
             _ = tick.tick() => result = stream.check_drops(&drops),
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,

@@ -280,3 +280,49 @@ fn pid_filter_keeps_only_that_process() {
             .all(|v| { v["target"]["pid"] == a.id() || v["process"]["pid"] == a.id() })
     );
 }
+
+/// cgroup v1 `oom_kill_disable 1`: the hog blocks at the limit, a `memcg_oom` record says so, and
+/// nothing is killed; raising the limit lets it finish.
+#[test]
+fn oom_that_kills_nothing_is_reported() {
+    require_root_memcg!();
+    let _lock = kill_lock();
+    let cg = TestCgroup::new("oomtrace-wd-nokill", 32 * MIB).expect("cgroup");
+    skip_unless!(cg.version == 1, "oom_kill_disable exists only in cgroup v1");
+    cg.write("memory.oom_control", "1");
+    let mut t = Tracer::start(&[]);
+    skip_unless!(
+        !t.seen[0]["attach"]["memcg_oom"].is_null(),
+        "no memcg OOM notifications on this machine"
+    );
+    let id = cg.inode();
+    let mut hog = spawn_hog(&["--cgroup", &cg.dir.to_string_lossy(), "--mb", "48"]);
+    let rec = t.wait_for(Duration::from_secs(10), |v| {
+        v["type"] == "memcg_oom" && v["memcg"]["id"] == id
+    });
+    let oom_control = cg.read("memory.oom_control");
+    cg.write("memory.limit_in_bytes", &(128 * MIB).to_string());
+    let status = hog.wait().unwrap();
+    thread::sleep(Duration::from_millis(300));
+    let (_, lines) = t.stop();
+    let rec = rec.expect("no memcg_oom record for the blocked cgroup");
+    assert!(
+        oom_control.contains("under_oom 1"),
+        "the kernel says it was under OOM: {oom_control}"
+    );
+    assert!(
+        status.success(),
+        "the hog should finish once the limit is raised: {status:?}"
+    );
+    assert_eq!(rec["memcg"]["path"], cg.path.as_str());
+    assert_eq!(rec["oom_kill_disable"], true);
+    assert_eq!(rec["under_oom"], true);
+    assert_eq!(rec["oom_kills"], 0);
+    assert_eq!(cg.oom_kills(), 0);
+    let pid = hog.id();
+    assert!(
+        !lines.iter().any(|v| v["type"] == "oom_kill"),
+        "nothing was killed"
+    );
+    assert_eq!(count(&lines, "exit", pid), 0, "the hog did not die");
+}
