@@ -23,6 +23,15 @@ pub enum RecordKind {
     OomKill = 1,
     Signal = 2,
     Exit = 3,
+    Reap = 4,
+}
+
+/// `Reap::phase` values: the OOM reaper's progress on a victim (oom:* tracepoints).
+pub mod reap_phase {
+    pub const WAKE: u8 = 1;
+    pub const START: u8 = 2;
+    pub const FINISH: u8 = 3;
+    pub const SKIP: u8 = 4;
 }
 
 /// Length of the executable's file name captured for signal senders (`mm->exe_file` dentry name).
@@ -203,6 +212,22 @@ pub struct Exit {
 }
 const _: () = assert!(size_of::<Exit>() == 16 + 32 + 8);
 
+/// The OOM reaper on a victim: `oom:wake_reaper`, `start_task_reaping`, `finish_task_reaping`,
+/// `skip_task_reaping` (mm/oom_kill.c, v6.18), each carrying the victim's pid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Reap {
+    /// [`RecordKind::Reap`].
+    pub kind: u8,
+    /// [`reap_phase`].
+    pub phase: u8,
+    pub _pad0: [u8; 2],
+    /// The victim's thread id.
+    pub pid: u32,
+    pub ts_boot_ns: u64,
+}
+const _: () = assert!(size_of::<Reap>() == 16);
+
 /// Kernel layout facts resolved by the loader from the running kernel's BTF and tracefs, handed to
 /// the programs as a frozen `.rodata` global. Offsets are in bytes; [`ABSENT`] means "not on this kernel".
 #[repr(C)]
@@ -294,8 +319,10 @@ pub struct Config {
     pub all_signals: u32,
     /// Only report signals to / exits of this tgid (0: all).
     pub filter_tgid: u32,
+    /// `pid` in the oom:*_reaping / wake_reaper records (one event class).
+    pub tp_reap_pid: u32,
 }
-const _: () = assert!(size_of::<Config>() == 63 * 4);
+const _: () = assert!(size_of::<Config>() == 64 * 4);
 
 impl Config {
     /// Every offset absent: the programs read nothing until the loader fills it in.
@@ -363,6 +390,7 @@ impl Config {
         tp_exit_group_dead: ABSENT,
         all_signals: 0,
         filter_tgid: 0,
+        tp_reap_pid: ABSENT,
     };
 }
 
@@ -375,4 +403,5 @@ mod pod {
     unsafe impl aya::Pod for super::Reclaim {}
     unsafe impl aya::Pod for super::Signal {}
     unsafe impl aya::Pod for super::Exit {}
+    unsafe impl aya::Pod for super::Reap {}
 }

@@ -1,6 +1,7 @@
 //! oomtrace's eBPF programs. One file per hook family:
 //! - `mark_victim.rs`: one record per OOM-killed task (`tp_btf` or classic tracepoint).
 //! - `oom_control.rs`: exact `struct oom_control` facts at `oom_kill_process` (fentry or kprobe).
+//! - `reaper.rs`: the OOM reaper's progress on each victim.
 //! - `reclaim.rs`: the trigger's latest reclaim attempt, for gfp/order on tracepoint-only kernels.
 //! - `whodunit.rs`: every SIGKILL generated and every process that died of one.
 //! - `kernel.rs`: reading kernel structs at offsets the loader resolved from BTF.
@@ -10,6 +11,7 @@
 mod kernel;
 mod mark_victim;
 mod oom_control;
+mod reaper;
 mod reclaim;
 mod whodunit;
 

@@ -43,6 +43,8 @@ pub struct AttachReport {
     pub process_exit: Option<&'static str>,
     /// How OOMs that kill nothing are seen: `cgroup_v1_oom_control`, `cgroup_v2_memory_events`, or null.
     pub memcg_oom: Option<&'static str>,
+    /// How the OOM reaper tracepoints are hooked (`tracepoint`), or null.
+    pub oom_reaper: Option<&'static str>,
     /// Why each better mode was not used.
     pub fallbacks: Vec<String>,
 }
@@ -224,4 +226,17 @@ pub struct MemcgOomEv {
     pub oom_kills: Option<u64>,
     /// v2: OOM events this notification covers.
     pub oom_events: Option<u64>,
+}
+
+/// The OOM reaper's progress on a victim.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OomReap {
+    /// The victim's thread id, as the kernel's tracepoint gives it.
+    pub tid: u32,
+    /// The victim's pid (tgid) and comm, when its `oom_kill` record was seen.
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    /// `wake` (queued for reaping), `start`, `finish` (anonymous memory freed), `skip` (could not reap).
+    pub phase: &'static str,
+    pub kill_id: Option<u64>,
 }

@@ -173,6 +173,14 @@ pub fn from_process_exit(fmt: &Format, cfg: &mut Config) {
         .map_or(ABSENT, |f| f.offset);
 }
 
+/// Record layout of the oom:*reap* tracepoints (one event class: just the pid).
+pub fn from_reaper(fmt: &Format, cfg: &mut Config) {
+    cfg.tp_reap_pid = fmt
+        .field("pid")
+        .filter(|f| f.size == 4)
+        .map_or(ABSENT, |f| f.offset);
+}
+
 pub fn page_shift() -> u32 {
     // SAFETY: sysconf has no memory-safety preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };

@@ -93,6 +93,9 @@ impl KernelInfo {
         if let Some(f) = &signal_format {
             layout::from_signal_generate(f, &mut cfg);
         }
+        if let Some(f) = read("oom", "start_task_reaping") {
+            layout::from_reaper(&f, &mut cfg);
+        }
         let exit_format = read("sched", "sched_process_exit");
         if let Some(f) = &exit_format {
             layout::from_process_exit(f, &mut cfg);
@@ -283,6 +286,21 @@ pub fn attach(info: &KernelInfo, want: AttachMode, ring_bytes: u32) -> Result<At
     match exit {
         Ok(()) => report.process_exit = Some("tracepoint"),
         Err(e) => log::warn!("exit records and kill verdicts are off: {}", short(&e)),
+    }
+    // 5. The OOM reaper's progress (optional).
+    if info.cfg.tp_reap_pid != oomtrace_common::ABSENT {
+        let r = [
+            "wake_reaper",
+            "start_task_reaping",
+            "finish_task_reaping",
+            "skip_task_reaping",
+        ]
+        .into_iter()
+        .try_for_each(|name| attach_tracepoint(&mut ebpf, name, "oom", name));
+        match r {
+            Ok(()) => report.oom_reaper = Some("tracepoint"),
+            Err(e) => log::warn!("oom_reap records are off: {}", short(&e)),
+        }
     }
     Ok(Attached { ebpf, report })
 }

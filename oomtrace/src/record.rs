@@ -4,13 +4,14 @@
 use std::mem::size_of;
 
 use anyhow::{Result, bail};
-use oomtrace_common::{Exit, OomKill, RecordKind, Signal};
+use oomtrace_common::{Exit, OomKill, Reap, RecordKind, Signal};
 
 #[derive(Debug)]
 pub enum Record {
     OomKill(Box<OomKill>),
     Signal(Box<Signal>),
     Exit(Box<Exit>),
+    Reap(Reap),
 }
 
 /// Copies a `T` out of `bytes` after checking the length.
@@ -43,6 +44,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
             Ok(Record::Signal(Box::new(unsafe { copy_out(bytes, "signal") }?)))
         }
         k if k == RecordKind::Exit as u8 => Ok(Record::Exit(Box::new(unsafe { copy_out(bytes, "exit") }?))),
+        k if k == RecordKind::Reap as u8 => Ok(Record::Reap(unsafe { copy_out(bytes, "oom_reap") }?)),
         k => bail!("unknown record kind {k}"),
     }
 }

@@ -150,6 +150,13 @@ impl Stream {
                 }
                 self.sink.emit("signal", rec.ts_boot_ns, &ev, None)
             }
+            Ok(Record::Reap(rec)) => {
+                let ev = self.whodunit.reap(&rec);
+                if self.filter.active() && !self.filter.matches(&[ev.pid, Some(ev.tid)], &[]) {
+                    return Ok(());
+                }
+                self.sink.emit("oom_reap", rec.ts_boot_ns, &ev, None)
+            }
             Ok(Record::Exit(rec)) => {
                 if self.whodunit.duplicate_exit(&rec) {
                     return Ok(());
@@ -319,7 +326,7 @@ pub async fn run(opts: Options) -> Result<()> {
         report.process_exit.unwrap_or("-")
     );
     // Kernel BTF (~15 MB parsed) is only needed to attach: give it back before idling.
-    info.btf = None;
+    let have_btf = info.btf.take().is_some();
     trim_heap();
     let (ring, drops) = loader::take_maps(&mut attached.ebpf)?;
     // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until the AsyncFd (its
@@ -367,7 +374,7 @@ pub async fn run(opts: Options) -> Result<()> {
             memory_controller: hierarchy.is_some(),
             mount: hierarchy.as_ref().map(|h| h.mount.display().to_string()),
         },
-        btf: info.btf.is_some(),
+        btf: have_btf,
         ring_buffer_bytes: opts.ring_size,
         pid: std::process::id(),
     };

@@ -122,6 +122,8 @@ pub struct Whodunit {
     pending: HashMap<u32, Pending>,
     last_oom: Option<LastOom>,
     recent_exits: HashMap<u32, u64>,
+    /// Victim tid and tgid → (kill_id, tgid, comm, when), for the reaper records that follow.
+    victims: HashMap<u32, (u64, Option<u32>, String, u64)>,
 }
 
 /// Window in which a second exit record of the same tgid is a duplicate, not a reused pid.
@@ -176,6 +178,15 @@ impl Whodunit {
         };
         let key = ev.victim.pid.unwrap_or(ev.victim.tid);
         self.entry(key, ts_ns).oom = Some(cause.clone());
+        if self.victims.len() >= PENDING_MAX {
+            self.victims
+                .retain(|_, v| ts_ns.saturating_sub(v.3) < PENDING_TTL_NS);
+        }
+        let victim = (ev.kill_id, ev.victim.pid, ev.victim.comm.clone(), ts_ns);
+        self.victims.insert(ev.victim.tid, victim.clone());
+        if let Some(pid) = ev.victim.pid {
+            self.victims.insert(pid, victim);
+        }
         self.last_oom = Some(LastOom {
             trigger_tid: ev.trigger.tid,
             victim_tgid: ev.victim.pid,
@@ -250,6 +261,24 @@ impl Whodunit {
     }
 
     /// The verdict for a process that died of a signal.
+    /// The reaper's progress on a victim, linked to its kill.
+    pub fn reap(&mut self, rec: &oomtrace_common::Reap) -> event::OomReap {
+        use oomtrace_common::reap_phase;
+        let v = self.victims.get(&rec.pid);
+        event::OomReap {
+            tid: rec.pid,
+            pid: v.and_then(|v| v.1),
+            comm: v.map(|v| v.2.clone()),
+            phase: match rec.phase {
+                reap_phase::WAKE => "wake",
+                reap_phase::START => "start",
+                reap_phase::FINISH => "finish",
+                _ => "skip",
+            },
+            kill_id: v.map(|v| v.0),
+        }
+    }
+
     /// True if an exit for this thread group was already reported: before 6.16 two threads of
     /// one group dying at once can both see `signal->live == 0` (kernel/exit.c).
     pub fn duplicate_exit(&mut self, rec: &Exit) -> bool {
@@ -540,6 +569,34 @@ mod tests {
         let u = w.exit(&exit(ids(8, 8, "z"), 20), &mut en);
         assert_eq!(u.verdict, "unknown");
         assert!(u.reason.unwrap().contains("no SIGKILL"));
+    }
+
+    #[test]
+    fn reaper_records_name_their_kill() {
+        let mut en = enricher();
+        let mut w = Whodunit::default();
+        let ev = en.oom_kill(&sample(), 4, "tp_btf"); // victim tgid 100, tid 101
+        w.note_oom_kill(&ev, 4, 1_000);
+        let r = w.reap(&oomtrace_common::Reap {
+            kind: RecordKind::Reap as u8,
+            phase: oomtrace_common::reap_phase::SKIP,
+            _pad0: [0; 2],
+            pid: 101,
+            ts_boot_ns: 3_000,
+        });
+        assert_eq!((r.phase, r.kill_id, r.pid), ("skip", Some(4), Some(100)));
+        assert_eq!(r.comm.as_deref(), Some("hog"));
+        let unknown = w.reap(&oomtrace_common::Reap {
+            pid: 999,
+            ..oomtrace_common::Reap {
+                kind: RecordKind::Reap as u8,
+                phase: oomtrace_common::reap_phase::WAKE,
+                _pad0: [0; 2],
+                pid: 0,
+                ts_boot_ns: 0,
+            }
+        });
+        assert_eq!((unknown.phase, unknown.kill_id), ("wake", None));
     }
 
     #[test]

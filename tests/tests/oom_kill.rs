@@ -198,6 +198,7 @@ fn auto_mode_reports_a_kill() {
     let mut tracer = Tracer::start(&[]);
     let start = tracer.seen[0].clone();
     let mode = start["attach"]["mode"].as_str().unwrap().to_owned();
+    assert_eq!(start["btf"], std::path::Path::new("/sys/kernel/btf/vmlinux").exists(), "{start}");
     assert!(attachable_modes().contains(&mode.as_str()), "auto chose {mode}");
     let status = run_hog(&["--cgroup", &cg.dir.to_string_lossy()]);
     assert_eq!(status.signal(), Some(9));
