@@ -198,7 +198,11 @@ fn auto_mode_reports_a_kill() {
     let mut tracer = Tracer::start(&[]);
     let start = tracer.seen[0].clone();
     let mode = start["attach"]["mode"].as_str().unwrap().to_owned();
-    assert_eq!(start["btf"], std::path::Path::new("/sys/kernel/btf/vmlinux").exists(), "{start}");
+    assert_eq!(
+        start["btf"],
+        std::path::Path::new("/sys/kernel/btf/vmlinux").exists(),
+        "{start}"
+    );
     assert!(attachable_modes().contains(&mode.as_str()), "auto chose {mode}");
     let status = run_hog(&["--cgroup", &cg.dir.to_string_lossy()]);
     assert_eq!(status.signal(), Some(9));
@@ -395,4 +399,91 @@ fn inferred_fields_match_the_exact_ones() {
     );
     assert_eq!(ra["victim"], rb["victim"]);
     assert_eq!(ra["allocation"]["order"], rb["allocation"]["order"]);
+}
+
+/// cgroup v2 `memory.oom.group 1` (Kubernetes >= 1.28 sets it): one OOM kills every member; each
+/// gets its own `oom_kill` record and `exit` verdict, all with one `kill_id`.
+#[test]
+fn oom_group_members_share_one_kill_id() {
+    require_root_memcg!();
+    let _lock = kill_lock();
+    let cg = TestCgroup::new("oomtrace-group", 64 * MIB).expect("cgroup");
+    skip_unless!(cg.version == 2, "memory.oom.group exists only in cgroup v2");
+    cg.write("memory.oom.group", "1");
+    let dir = cg.dir.to_string_lossy().into_owned();
+    let mut t = Tracer::start(&[]);
+    let ready = |i: usize| format!("/tmp/oomtrace-group-{}-{i}", std::process::id());
+    let mut members: Vec<std::process::Child> = (0..3)
+        .map(|i| {
+            let _ = std::fs::remove_file(ready(i));
+            spawn_hog(&["--cgroup", &dir, "--mb", "12", "--ready", &ready(i), "--hold"])
+        })
+        .collect();
+    for i in 0..3 {
+        for _ in 0..500 {
+            if std::path::Path::new(&ready(i)).exists() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let status = run_hog(&["--cgroup", &dir]);
+    assert_eq!(status.signal(), Some(9));
+    let mut pids: Vec<u32> = members.iter().map(|m| m.id()).collect();
+    for m in &mut members {
+        assert_eq!(
+            m.wait().unwrap().signal(),
+            Some(9),
+            "every member dies with the group"
+        );
+    }
+    let n = t.wait_count(4, Duration::from_secs(10), |v| v["type"] == "oom_kill");
+    let _ = t.wait_count(4, Duration::from_secs(5), |v| v["type"] == "exit");
+    let (_, lines) = t.stop();
+    for i in 0..3 {
+        let _ = std::fs::remove_file(ready(i));
+    }
+    assert_eq!(n, 4, "one oom_kill record per member");
+    let kills = kills_in(&lines, &cg);
+    let ids: std::collections::BTreeSet<u64> = kills.iter().map(|k| num(&k["kill_id"])).collect();
+    assert_eq!(ids.len(), 1, "one kill_id for the whole group: {ids:?}");
+    let recorded: Vec<u64> = kills.iter().map(|k| num(&k["victim"]["pid"])).collect();
+    pids.retain(|p| !recorded.contains(&u64::from(*p)));
+    assert!(pids.is_empty(), "members without a record: {pids:?}");
+    let exits: Vec<&Value> = lines
+        .iter()
+        .filter(|v| v["type"] == "exit" && v["verdict"] == "kernel_oom")
+        .collect();
+    assert!(exits.len() >= 4, "an exit verdict per member");
+    assert!(exits.iter().all(|e| ids.contains(&num(&e["oom"]["kill_id"]))));
+}
+
+/// A global OOM (no cgroup limit, the machine itself out of memory) is reported with
+/// `constraint: global` and no `oom_memcg`. Only ever caused inside the test VM.
+#[test]
+fn global_oom_is_reported() {
+    require_root_memcg!();
+    skip_unless!(
+        std::env::var_os("OOMTRACE_VM").is_some(),
+        "a global OOM is only caused inside the test VM (cargo xtask vm-test)"
+    );
+    let _lock = kill_lock();
+    // Make this test and oomtrace unattractive to the OOM killer; the hog maximally attractive.
+    std::fs::write("/proc/self/oom_score_adj", "-1000").expect("set oom_score_adj");
+    let mut t = Tracer::start(&[]);
+    let child = spawn_hog(&["--adj", "1000"]);
+    let pid = child.id();
+    let mut child = child;
+    assert_eq!(child.wait().unwrap().signal(), Some(9));
+    let rec = t
+        .wait_for(Duration::from_secs(20), |v| {
+            v["type"] == "oom_kill" && v["victim"]["pid"] == pid
+        })
+        .expect("record for the global OOM");
+    let _ = t.stop();
+    std::fs::write("/proc/self/oom_score_adj", "0").ok();
+    assert_eq!(rec["constraint"], "global", "{rec}");
+    assert!(rec["oom_memcg"].is_null(), "{rec}");
+    let report = oom_kill_line(pid).expect("kernel report");
+    assert_eq!(report["constraint"], "CONSTRAINT_NONE");
 }
