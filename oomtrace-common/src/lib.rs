@@ -11,6 +11,10 @@ use core::mem::size_of;
 pub const COMM_LEN: usize = 16;
 /// Kernel stack frames captured per record (`bpf_get_stack`, deepest frames are cut).
 pub const KSTACK_DEPTH: usize = 32;
+/// User stack frames captured per record (instruction pointers).
+pub const USTACK_DEPTH: usize = 32;
+/// User stack frames captured as (build id, file offset), for symbolizing after the process is gone.
+pub const USTACK_BUILD_ID_DEPTH: usize = 16;
 /// Levels of the memory-cgroup hierarchy walked upwards from the trigger's memcg.
 pub const MEMCG_LEVELS: usize = 8;
 /// An offset or field that the running kernel does not have.
@@ -99,15 +103,31 @@ pub struct MmCounters {
 }
 const _: () = assert!(size_of::<MmCounters>() == 56);
 
-/// One level of the memcg hierarchy: its id and its `memory` page counter, in pages.
+/// One level of the memcg hierarchy: its id and page counters, in pages, at the kill.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemcgLevel {
     pub id: u64,
     pub usage_pages: u64,
     pub max_pages: u64,
+    /// `memory.watermark`: the highest usage since creation or the last reset (v1 max_usage_in_bytes).
+    pub watermark_pages: u64,
+    /// The `swap` (v2) or `memsw` (v1: memory+swap) counter.
+    pub swap_usage_pages: u64,
+    pub swap_max_pages: u64,
 }
-const _: () = assert!(size_of::<MemcgLevel>() == 24);
+const _: () = assert!(size_of::<MemcgLevel>() == 48);
+
+/// `struct bpf_stack_build_id` (include/uapi/linux/bpf.h): a user frame as build id + file offset.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BuildIdFrame {
+    /// BPF_STACK_BUILD_ID_EMPTY 0, _VALID 1 (build_id + offset), _IP 2 (only `offset_or_ip` = ip).
+    pub status: i32,
+    pub build_id: [u8; 20],
+    pub offset_or_ip: u64,
+}
+const _: () = assert!(size_of::<BuildIdFrame>() == 32);
 
 /// Fields copied from `struct oom_control` at `oom_kill_process` entry (exact modes only).
 #[repr(C)]
@@ -166,8 +186,15 @@ pub struct OomKill {
     /// Bytes `bpf_get_stack` wrote into `kstack` (negative: its error).
     pub kstack_bytes: i64,
     pub kstack: [u64; KSTACK_DEPTH],
+    /// The trigger's user stack (instruction pointers); bytes written, negative on error, 0 if off.
+    pub ustack_bytes: i64,
+    pub ustack: [u64; USTACK_DEPTH],
+    /// The same stack's top frames as build id + file offset.
+    pub ubuild_bytes: i64,
+    pub ubuild: [BuildIdFrame; USTACK_BUILD_ID_DEPTH],
 }
-const _: () = assert!(size_of::<OomKill>() == 16 + 64 + 56 + 8 + 192 + 8 + 56 + 24 + 8 + 256);
+const _: () =
+    assert!(size_of::<OomKill>() == 16 + 64 + 56 + 8 + 384 + 8 + 56 + 24 + 8 + 256 + 8 + 256 + 8 + 512);
 
 /// A signal generated for a task: `signal:signal_generate`, emitted for SIGKILL (or every fatal
 /// signal with `--signals all`). `current` is the sender; kernel code sending on a task's behalf
@@ -319,10 +346,17 @@ pub struct Config {
     pub all_signals: u32,
     /// Only report signals to / exits of this tgid (0: all).
     pub filter_tgid: u32,
+    /// `page_counter.watermark`
+    pub page_counter_watermark: u32,
+    /// `mem_cgroup.swap` / `mem_cgroup.memsw` (one anonymous union since 4.x)
+    pub memcg_swap: u32,
+    /// Capture the trigger's user stack (1) or not (0, --no-user-stacks).
+    pub user_stacks: u32,
+    pub _pad: u32,
     /// `pid` in the oom:*_reaping / wake_reaper records (one event class).
     pub tp_reap_pid: u32,
 }
-const _: () = assert!(size_of::<Config>() == 64 * 4);
+const _: () = assert!(size_of::<Config>() == 68 * 4);
 
 impl Config {
     /// Every offset absent: the programs read nothing until the loader fills it in.
@@ -391,6 +425,10 @@ impl Config {
         all_signals: 0,
         filter_tgid: 0,
         tp_reap_pid: ABSENT,
+        page_counter_watermark: ABSENT,
+        memcg_swap: ABSENT,
+        user_stacks: 1,
+        _pad: 0,
     };
 }
 

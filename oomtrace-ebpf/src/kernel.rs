@@ -71,6 +71,10 @@ pub fn memcg_levels(mut css: *const u8, out: &mut [MemcgLevel; MEMCG_LEVELS]) ->
     }
     let usage = memory.wrapping_add(cfg!(page_counter_usage));
     let max = memory.wrapping_add(cfg!(page_counter_max));
+    let watermark = memory.wrapping_add(cfg!(page_counter_watermark));
+    let swap = cfg!(memcg_swap);
+    let swap_usage = swap.wrapping_add(cfg!(page_counter_usage));
+    let swap_max = swap.wrapping_add(cfg!(page_counter_max));
     let parent = cfg!(css_parent);
     let mut n = 0;
     for level in out.iter_mut() {
@@ -80,6 +84,13 @@ pub fn memcg_levels(mut css: *const u8, out: &mut [MemcgLevel; MEMCG_LEVELS]) ->
         level.id = css_id(css);
         level.usage_pages = read::<u64>(css, usage).unwrap_or(0);
         level.max_pages = read::<u64>(css, max).unwrap_or(u64::MAX);
+        if cfg!(page_counter_watermark) != ABSENT {
+            level.watermark_pages = read::<u64>(css, watermark).unwrap_or(0);
+        }
+        if swap != ABSENT {
+            level.swap_usage_pages = read::<u64>(css, swap_usage).unwrap_or(0);
+            level.swap_max_pages = read::<u64>(css, swap_max).unwrap_or(u64::MAX);
+        }
         n += 1;
         css = read_ptr(css, parent);
     }

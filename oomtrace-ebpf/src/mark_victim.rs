@@ -14,8 +14,13 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use oomtrace_common::{
-    ABSENT, KSTACK_DEPTH, OomKill, RecordKind, VictimSource, drop_reason, flags,
+    ABSENT, KSTACK_DEPTH, OomKill, RecordKind, USTACK_BUILD_ID_DEPTH, USTACK_DEPTH, VictimSource, drop_reason,
+    flags,
 };
+
+/// bpf_get_stack flags (include/uapi/linux/bpf.h).
+const BPF_F_USER_STACK: u64 = 1 << 8;
+const BPF_F_USER_BUILD_ID: u64 = 1 << 11;
 
 use crate::{
     EVENTS, OOM_CONTROL, RECLAIM, cfg, count_drop,
@@ -146,5 +151,23 @@ fn emit<C: EbpfContext>(ctx: &C, source: VictimSource, victim: impl FnOnce(&mut 
             0,
         )
     };
+    // The trigger's user stack — `current` is the trigger, so this is never the victim's stack.
+    if cfg!(user_stacks) != 0 {
+        // SAFETY: `ustack` / `ubuild` are inside the reservation; the helper writes at most their sizes.
+        unsafe {
+            rec.ustack_bytes = bpf_get_stack(
+                ctx.as_ptr(),
+                rec.ustack.as_mut_ptr().cast(),
+                (USTACK_DEPTH * 8) as u32,
+                BPF_F_USER_STACK,
+            );
+            rec.ubuild_bytes = bpf_get_stack(
+                ctx.as_ptr(),
+                rec.ubuild.as_mut_ptr().cast(),
+                (USTACK_BUILD_ID_DEPTH * 32) as u32,
+                BPF_F_USER_STACK | BPF_F_USER_BUILD_ID,
+            );
+        }
+    }
     entry.submit(0);
 }

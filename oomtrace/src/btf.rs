@@ -294,6 +294,36 @@ impl Btf {
         None
     }
 
+    /// Every enumerator whose name starts with `prefix`, with its value.
+    pub fn enumerators(&self, prefix: &str) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        for ty in &self.types {
+            let (width, kind) = match ty.kind() {
+                KIND_ENUM => (8, KIND_ENUM),
+                KIND_ENUM64 => (12, KIND_ENUM64),
+                _ => continue,
+            };
+            for i in 0..ty.vlen() {
+                let e = ty.extra + width * i;
+                let Ok(name_off) = u32_at(&self.data, e) else {
+                    break;
+                };
+                let name = self.str(name_off);
+                if !name.starts_with(prefix) {
+                    continue;
+                }
+                let lo = u64::from(u32_at(&self.data, e + 4).unwrap_or(0));
+                let hi = if kind == KIND_ENUM64 {
+                    u64::from(u32_at(&self.data, e + 8).unwrap_or(0))
+                } else {
+                    0
+                };
+                out.push((name.to_owned(), hi << 32 | lo));
+            }
+        }
+        out
+    }
+
     pub fn type_count(&self) -> usize {
         self.types.len()
     }

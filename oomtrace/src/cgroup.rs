@@ -107,6 +107,10 @@ pub struct Resolver {
 const WALK_INTERVAL: Duration = Duration::from_millis(200);
 
 impl Resolver {
+    pub fn version(&self) -> Option<u8> {
+        self.h.as_ref().map(|h| h.version)
+    }
+
     pub fn new(h: Option<Hierarchy>) -> Self {
         Self {
             h,
@@ -126,7 +130,8 @@ impl Resolver {
         Some((ino, path))
     }
 
-    fn dir_of(&self, path: &str) -> Option<PathBuf> {
+    /// The cgroupfs directory of a path relative to the hierarchy root.
+    pub fn dir_of(&self, path: &str) -> Option<PathBuf> {
         let h = self.h.as_ref()?;
         let root = h.root.trim_end_matches('/');
         let rel = path.strip_prefix(root).unwrap_or(path);

@@ -8,8 +8,11 @@ use oomtrace_common::{MemcgLevel, OomKill, VictimSource, flags};
 use crate::{
     cgroup::Resolver,
     event::{self, Allocation, Cgroup, OomMemcg, Trigger, Victim},
+    gfp::GfpBits,
     ksyms::{self, Ksyms},
+    memstat,
     record::comm,
+    ustack::UserSymbolizer,
 };
 
 /// `PAGE_COUNTER_MAX` is LONG_MAX / PAGE_SIZE (include/linux/page_counter.h, v6.18); anything this
@@ -63,6 +66,10 @@ pub struct Enricher {
     pub cgroups: Resolver,
     pub ksyms: Option<Arc<Ksyms>>,
     pub machine: Machine,
+    /// The running kernel's gfp flag bits (BTF enum, or a per-version table).
+    pub gfp: Option<GfpBits>,
+    /// None with --no-user-stacks.
+    pub ustack: Option<UserSymbolizer>,
     /// (trigger tid, kill key, kill_id) of the previous record, to group one OOM's victims.
     last_kill: Option<(u32, u64, u64)>,
 }
@@ -91,6 +98,8 @@ impl Enricher {
             cgroups,
             ksyms,
             machine,
+            gfp: None,
+            ustack: None,
             last_kill: None,
         }
     }
@@ -128,6 +137,13 @@ impl Enricher {
         out
     }
 
+    /// The breakdown of the memcg at `level`, read now (the victim is releasing memory already).
+    fn memory_of(&mut self, level: &MemcgLevel, kill_ns: u64) -> memstat::Memory {
+        let version = self.cgroups.version().unwrap_or(2);
+        let dir = self.cgroups.path(level.id).and_then(|p| self.cgroups.dir_of(&p));
+        memstat::memory(level, self.machine.page_size, version, dir.as_deref(), kill_ns)
+    }
+
     /// Builds the event. `seq` is the sequence number this record will carry.
     pub fn oom_kill(&mut self, rec: &OomKill, seq: u64, attach: &'static str) -> event::OomKill {
         let mut inferred = Vec::new();
@@ -135,6 +151,36 @@ impl Enricher {
         let has = |f: u32| rec.flags & f != 0;
         let levels = &rec.memcg[..(rec.memcg_depth as usize).min(rec.memcg.len())];
         let page = self.machine.page_size;
+
+        // First what decays: the cgroup's memory.stat and the victim's THP, while it still holds them.
+        let order_hint = if has(flags::RECLAIM) { rec.reclaim.order } else { 0 };
+        let oom_level = if exact {
+            levels
+                .iter()
+                .position(|l| l.id == rec.exact.memcg_id && rec.exact.memcg_id != 0)
+        } else {
+            infer_oom_memcg(levels, order_hint)
+        };
+        let oom_memory = oom_level.map(|i| self.memory_of(&levels[i], rec.ts_boot_ns));
+        let victim_level = levels
+            .iter()
+            .position(|l| l.id == rec.victim.memcg_id && rec.victim.memcg_id != 0)
+            .filter(|&i| Some(i) != oom_level);
+        let victim_memory = victim_level.map(|i| self.memory_of(&levels[i], rec.ts_boot_ns));
+        let anon_thp_kb = match rec.victim.tgid {
+            0 => None,
+            pid => memstat::anon_thp_kb(pid),
+        };
+        let user_stack = match &mut self.ustack {
+            Some(u) => u.symbolize(
+                rec.trigger.tgid,
+                rec.ustack_bytes,
+                &rec.ustack,
+                rec.ubuild_bytes,
+                &rec.ubuild,
+            ),
+            None => None,
+        };
         let kernel_stack = self.stack(rec);
 
         // The memcg whose limit fired, the constraint and totalpages.
@@ -148,13 +194,13 @@ impl Enricher {
                     source: "oom_control",
                     limit_bytes: lvl.map(|l| l.max_pages * page),
                     usage_bytes: lvl.map(|l| l.usage_pages * page),
+                    memory: oom_memory.clone(),
                 }
             });
             (memcg, constraint_name(e.constraint), Some(e.totalpages))
         } else {
             inferred.extend(["oom_memcg", "constraint", "totalpages"]);
-            let order = if has(flags::RECLAIM) { rec.reclaim.order } else { 0 };
-            match infer_oom_memcg(levels, order) {
+            match oom_level {
                 Some(i) => {
                     let l = levels[i];
                     let memcg = OomMemcg {
@@ -163,6 +209,7 @@ impl Enricher {
                         source: "inferred",
                         limit_bytes: Some(l.max_pages * page),
                         usage_bytes: Some(l.usage_pages * page),
+                        memory: oom_memory.clone(),
                     };
                     // mem_cgroup_get_max(): the limit plus the swap it may use (mm/memcontrol.c v6.18).
                     (Some(memcg), "memcg", Some(l.max_pages + self.machine.swap_pages))
@@ -221,8 +268,24 @@ impl Enricher {
             shmem_rss_kb: mm.map(|m| m.shmem_rss_kb),
             pgtables_kb: mm.map(|m| m.pgtables_kb),
             swap_kb: mm.filter(|_| from_btf).map(|m| m.swap_kb),
-            hiwater_rss_kb: mm.filter(|_| from_btf).map(|m| m.hiwater_rss_kb),
+            hiwater_rss_kb: mm.filter(|_| from_btf).map(hiwater_kb),
             cgroup: victim_cgroup,
+            mm: mm.map(|m| {
+                let rss = m.anon_rss_kb + m.file_rss_kb + m.shmem_rss_kb;
+                event::VictimMm {
+                    total_vm_kb: m.total_vm_kb,
+                    hiwater_rss_kb: from_btf.then(|| hiwater_kb(m)),
+                    anon_rss_kb: m.anon_rss_kb,
+                    file_rss_kb: m.file_rss_kb,
+                    shmem_rss_kb: m.shmem_rss_kb,
+                    swap_kb: from_btf.then_some(m.swap_kb),
+                    pgtables_kb: m.pgtables_kb,
+                    anon_thp_kb,
+                    overcommit_ratio: (rss > 0)
+                        .then(|| (m.total_vm_kb as f64 / rss as f64 * 100.0).round() / 100.0),
+                }
+            }),
+            cgroup_memory: victim_memory,
         };
 
         let t = &rec.trigger;
@@ -233,32 +296,34 @@ impl Enricher {
             cgroup: self.cgroup(t.memcg_id, t.tgid),
         };
 
-        let allocation = if exact {
-            Allocation {
-                gfp_mask: Some(format!("{:#x}", rec.exact.gfp_mask)),
-                order: Some(rec.exact.order),
-                source: Some("oom_control"),
-                kernel_stack,
-            }
+        let (gfp_mask, order, source) = if exact {
+            (
+                Some(rec.exact.gfp_mask),
+                Some(rec.exact.order),
+                Some("oom_control"),
+            )
         } else if has(flags::RECLAIM) {
             inferred.extend(["allocation.gfp_mask", "allocation.order"]);
-            Allocation {
-                gfp_mask: Some(format!("{:#x}", rec.reclaim.gfp_mask)),
-                order: Some(rec.reclaim.order),
-                source: Some(if rec.reclaim.kind == flags::RECLAIM_DIRECT {
-                    "direct_reclaim"
-                } else {
-                    "memcg_reclaim"
-                }),
-                kernel_stack,
-            }
+            let src = if rec.reclaim.kind == flags::RECLAIM_DIRECT {
+                "direct_reclaim"
+            } else {
+                "memcg_reclaim"
+            };
+            (Some(rec.reclaim.gfp_mask), Some(rec.reclaim.order), Some(src))
         } else {
-            Allocation {
-                gfp_mask: None,
-                order: None,
-                source: None,
-                kernel_stack,
-            }
+            (None, None, None)
+        };
+        let (path, path_detail) = classify(&kernel_stack, order);
+        let allocation = Allocation {
+            gfp_mask: gfp_mask.map(|g| format!("{g:#x}")),
+            gfp_flags: gfp_mask.and_then(|g| self.gfp.as_ref().map(|b| b.decode(g))),
+            size_bytes: order.filter(|o| (0..=20).contains(o)).map(|o| page << o),
+            order,
+            source,
+            path,
+            path_detail,
+            kernel_stack,
+            user_stack,
         };
 
         // One OOM can kill several tasks (memory.oom.group): they share a kill_id. With
@@ -309,6 +374,76 @@ fn is_exiting(tid: u32) -> bool {
         .is_none_or(|f| f & PF_EXITING != 0)
 }
 
+/// Where an allocation came from, read from its kernel stack (innermost frame first), e.g.
+/// `do_anonymous_page` -> a user page fault on anonymous memory; `do_huge_pmd_anonymous_page` ->
+/// a transparent-huge-page fault (function names of mm/memory.c and mm/huge_memory.c, v6.18).
+pub fn classify(stack: &[String], order: Option<i32>) -> (&'static str, Option<&'static str>) {
+    if order == Some(-1) {
+        return ("sysrq", None);
+    }
+    let names: Vec<&str> = stack.iter().map(|f| f.split('+').next().unwrap_or("")).collect();
+    let has = |pats: &[&str]| names.iter().any(|n| pats.iter().any(|p| n.starts_with(p)));
+    let fault = has(&[
+        "handle_mm_fault",
+        "__handle_mm_fault",
+        "exc_page_fault",
+        "do_user_addr_fault",
+    ]);
+    if has(&[
+        "do_huge_pmd_anonymous_page",
+        "__do_huge_pmd_anonymous_page",
+        "do_huge_pmd_wp_page",
+        "vma_alloc_anon_folio_pmd",
+    ]) {
+        return ("thp_fault", Some("anonymous"));
+    }
+    if fault {
+        let file = has(&[
+            "filemap_fault",
+            "do_read_fault",
+            "do_shared_fault",
+            "__do_fault",
+            "shmem_fault",
+        ]) && !has(&["do_anonymous_page"]);
+        return ("page_fault", Some(if file { "file" } else { "anonymous" }));
+    }
+    if has(&[
+        "kmem_cache_alloc",
+        "__kmalloc",
+        "kmalloc_",
+        "___slab_alloc",
+        "allocate_slab",
+        "new_slab",
+    ]) {
+        return ("slab", None);
+    }
+    if has(&[
+        "filemap_add_folio",
+        "__filemap_get_folio",
+        "page_cache_ra",
+        "pagecache_get_page",
+        "filemap_alloc_folio",
+    ]) {
+        return ("page_cache", None);
+    }
+    if has(&[
+        "try_charge_memcg",
+        "charge_memcg",
+        "__mem_cgroup_charge",
+        "obj_cgroup_charge",
+    ]) {
+        return ("memcg_charge", None);
+    }
+    ("other", None)
+}
+
+/// `mm->hiwater_rss` is only updated lazily (on unmap, exit); the peak is at least the current
+/// rss — what get_mm_hiwater_rss() computes (include/linux/mm.h, v6.18).
+fn hiwater_kb(m: &oomtrace_common::MmCounters) -> u64 {
+    m.hiwater_rss_kb
+        .max(m.anon_rss_kb + m.file_rss_kb + m.shmem_rss_kb)
+}
+
 /// Tgid of a live thread, from /proc/<tid>/status.
 fn tgid_of(tid: u32) -> Option<u32> {
     let s = fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
@@ -326,7 +461,71 @@ mod tests {
             id,
             usage_pages: usage,
             max_pages: max,
+            ..Default::default()
         }
+    }
+
+    fn frames(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| format!("{n}+0x10")).collect()
+    }
+
+    #[test]
+    fn classifies_allocation_paths() {
+        let anon = frames(&[
+            "mark_oom_victim",
+            "out_of_memory",
+            "try_charge_memcg",
+            "do_anonymous_page",
+            "__handle_mm_fault",
+            "handle_mm_fault",
+            "exc_page_fault",
+        ]);
+        assert_eq!(classify(&anon, Some(0)), ("page_fault", Some("anonymous")));
+        let file = frames(&[
+            "out_of_memory",
+            "try_charge_memcg",
+            "filemap_fault",
+            "__do_fault",
+            "handle_mm_fault",
+        ]);
+        assert_eq!(classify(&file, Some(0)), ("page_fault", Some("file")));
+        let thp = frames(&[
+            "__alloc_pages_slowpath",
+            "vma_alloc_folio",
+            "do_huge_pmd_anonymous_page",
+            "handle_mm_fault",
+        ]);
+        assert_eq!(classify(&thp, Some(9)), ("thp_fault", Some("anonymous")));
+        let slab = frames(&[
+            "out_of_memory",
+            "__alloc_pages_slowpath",
+            "allocate_slab",
+            "___slab_alloc",
+            "kmem_cache_alloc_noprof",
+            "__x64_sys_openat",
+        ]);
+        assert_eq!(classify(&slab, Some(0)), ("slab", None));
+        let pc = frames(&[
+            "out_of_memory",
+            "try_charge_memcg",
+            "filemap_add_folio",
+            "page_cache_ra_unbounded",
+            "vfs_read",
+        ]);
+        assert_eq!(classify(&pc, Some(0)), ("page_cache", None));
+        let charge = frames(&[
+            "out_of_memory",
+            "try_charge_memcg",
+            "__mem_cgroup_charge",
+            "shmem_alloc_folio",
+            "vfs_write",
+        ]);
+        assert_eq!(classify(&charge, Some(0)), ("memcg_charge", None));
+        assert_eq!(
+            classify(&frames(&["sysrq_handle_moom"]), Some(-1)),
+            ("sysrq", None)
+        );
+        assert_eq!(classify(&[], None), ("other", None));
     }
 
     #[test]

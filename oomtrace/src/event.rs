@@ -78,6 +78,26 @@ pub struct Victim {
     pub swap_kb: Option<u64>,
     pub hiwater_rss_kb: Option<u64>,
     pub cgroup: Option<Cgroup>,
+    /// The victim's memory in one object (the flat `*_kb` fields above, plus `anon_thp_kb`).
+    pub mm: Option<VictimMm>,
+    /// The victim's cgroup memory, when it is not the `oom_memcg` (e.g. a child of it).
+    pub cgroup_memory: Option<crate::memstat::Memory>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct VictimMm {
+    pub total_vm_kb: u64,
+    pub hiwater_rss_kb: Option<u64>,
+    pub anon_rss_kb: u64,
+    pub file_rss_kb: u64,
+    pub shmem_rss_kb: u64,
+    pub swap_kb: Option<u64>,
+    pub pgtables_kb: u64,
+    /// Transparent huge pages mapped (/proc/<pid>/smaps_rollup AnonHugePages, read on arrival;
+    /// null once the victim has released its memory).
+    pub anon_thp_kb: Option<u64>,
+    /// total_vm / (anon + file + shmem rss): far above 1 means reserved but untouched memory.
+    pub overcommit_ratio: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -96,6 +116,8 @@ pub struct OomMemcg {
     pub source: &'static str,
     pub limit_bytes: Option<u64>,
     pub usage_bytes: Option<u64>,
+    /// The cgroup's memory at the kill: page counters from the kernel, `memory.stat` from cgroupfs.
+    pub memory: Option<crate::memstat::Memory>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -106,6 +128,17 @@ pub struct Allocation {
     /// `oom_control`, `memcg_reclaim`, `direct_reclaim`, or null when unknown.
     pub source: Option<&'static str>,
     pub kernel_stack: Vec<String>,
+    /// The mask in the running kernel's flag names, e.g. ["GFP_HIGHUSER_MOVABLE", "__GFP_COMP"].
+    pub gfp_flags: Option<Vec<String>>,
+    /// PAGE_SIZE << order (null for order -1, a sysrq-forced OOM).
+    pub size_bytes: Option<u64>,
+    /// Where the allocation came from, read from the kernel stack: page_fault, thp_fault, slab,
+    /// page_cache, memcg_charge, sysrq, other.
+    pub path: &'static str,
+    /// For page_fault: `anonymous` or `file`.
+    pub path_detail: Option<&'static str>,
+    /// The trigger's user stack, symbolized against the trigger's own process.
+    pub user_stack: Option<crate::ustack::UserStack>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -67,6 +67,12 @@ pub fn from_btf(btf: &Btf, cfg: &mut Config) -> Vec<String> {
     }
     cfg.page_counter_usage = off(btf, "page_counter", "usage", m);
     cfg.page_counter_max = off(btf, "page_counter", "max", m);
+    cfg.page_counter_watermark = off(btf, "page_counter", "watermark", m);
+    // v2 charges swap to `swap`, v1 memory+swap to `memsw`: one anonymous union (memcontrol.h).
+    cfg.memcg_swap = btf
+        .member("mem_cgroup", "swap")
+        .or_else(|| btf.member("mem_cgroup", "memsw"))
+        .map_or(ABSENT, |m| m.offset);
     // Whodunit: kernel/exit.c, include/linux/fs.h, include/linux/dcache.h, include/linux/signal_types.h (v6.18)
     cfg.task_exit_code = off(btf, "task_struct", "exit_code", m);
     cfg.task_group_leader = off(btf, "task_struct", "group_leader", m);

@@ -61,6 +61,8 @@ pub struct KernelInfo {
     pub reclaim_format: Option<tracefs::Format>,
     pub signal_format: Option<tracefs::Format>,
     pub exit_format: Option<tracefs::Format>,
+    /// gfp flag bits of the running kernel: its BTF enum (6.9+) or a table for its version.
+    pub gfp: crate::gfp::GfpBits,
 }
 
 impl KernelInfo {
@@ -100,7 +102,9 @@ impl KernelInfo {
         if let Some(f) = &exit_format {
             layout::from_process_exit(f, &mut cfg);
         }
+        let gfp = gfp_bits(btf.as_ref());
         Self {
+            gfp,
             cfg,
             btf,
             btf_error,
@@ -112,6 +116,17 @@ impl KernelInfo {
             exit_format,
         }
     }
+}
+
+fn gfp_bits(btf: Option<&btf::Btf>) -> crate::gfp::GfpBits {
+    let from_btf = btf.and_then(|b| {
+        let e = b.enumerators("___GFP_");
+        crate::gfp::GfpBits::from_enum(e.iter().map(|(n, v)| (n.as_str(), *v)))
+    });
+    from_btf.unwrap_or_else(|| {
+        let (major, minor) = crate::gfp::kernel_version(&crate::check::kernel_release()).unwrap_or((6, 1));
+        crate::gfp::GfpBits::for_version(major, minor)
+    })
 }
 
 pub struct Attached {

@@ -9,14 +9,17 @@ mod cgroup;
 mod check;
 mod enrich;
 mod event;
+mod gfp;
 mod ksyms;
 mod layout;
 mod loader;
 mod memcg_watch;
+mod memstat;
 mod output;
 mod record;
 mod run;
 mod tracefs;
+mod ustack;
 mod whodunit;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -72,6 +75,9 @@ struct RunArgs {
     /// Only report what concerns this cgroup or its descendants (path as /proc/<pid>/cgroup prints it).
     #[arg(long, value_name = "PATH", value_parser = parse_cgroup_path)]
     cgroup: Option<String>,
+    /// Do not capture or symbolize the trigger's user stack (privacy, cost).
+    #[arg(long)]
+    no_user_stacks: bool,
 }
 
 fn parse_cgroup_path(s: &str) -> Result<String, String> {
@@ -115,6 +121,7 @@ fn main() -> ExitCode {
                     ring_size: a.ring_size,
                     host: a.host,
                     signals: a.signals,
+                    user_stacks: !a.no_user_stacks,
                     filter: run::Filter {
                         pid: a.pid,
                         cgroup: a.cgroup,

@@ -71,11 +71,13 @@ pub(crate) mod tests {
             id: 4242,
             usage_pages: 16384,
             max_pages: 16384,
+            ..Default::default()
         };
         memcg[1] = MemcgLevel {
             id: 1,
             usage_pages: 900_000,
             max_pages: u64::MAX >> 12,
+            ..Default::default()
         };
         let mut kstack = [0u64; 32];
         kstack[0] = 0xffff_ffff_8100_0010;
@@ -111,6 +113,14 @@ pub(crate) mod tests {
             reclaim: Reclaim::default(),
             kstack_bytes: 8,
             kstack,
+            ustack_bytes: 0,
+            ustack: [0; oomtrace_common::USTACK_DEPTH],
+            ubuild_bytes: 0,
+            ubuild: [oomtrace_common::BuildIdFrame {
+                status: 0,
+                build_id: [0; 20],
+                offset_or_ip: 0,
+            }; oomtrace_common::USTACK_BUILD_ID_DEPTH],
         }
     }
 

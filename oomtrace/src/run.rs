@@ -30,6 +30,7 @@ pub struct Options {
     pub host: Option<String>,
     pub signals: Signals,
     pub filter: Filter,
+    pub user_stacks: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -231,8 +232,12 @@ fn text_line(ev: &crate::event::OomKill) -> String {
         ),
         None => format!("{} OOM", ev.constraint),
     };
-    format!(
-        "oom_kill pid {} ({}) in {} killed; trigger pid {} ({}) in {}; {}; rss anon {} file {} shmem {}, total-vm {}",
+    let overcommit =
+        v.mm.as_ref()
+            .and_then(|m| m.overcommit_ratio)
+            .map_or(String::new(), |r| format!(" (overcommit {r:.2}x)"));
+    let mut line = format!(
+        "oom_kill pid {} ({}) in {} killed; trigger pid {} ({}) in {}; {}; rss anon {} file {} shmem {}, total-vm {}{overcommit}",
         v.pid.unwrap_or(v.tid),
         v.comm,
         cg(&v.cgroup),
@@ -244,7 +249,58 @@ fn text_line(ev: &crate::event::OomKill) -> String {
         kb(v.file_rss_kb),
         kb(v.shmem_rss_kb),
         kb(v.total_vm_kb),
-    )
+    );
+    line.push_str("\n    ");
+    line.push_str(&allocation_line(ev));
+    line
+}
+
+/// `order 0 (4.0 KiB) page fault (anonymous) in grow_buffer (hog.rs:42); memcg 64.0 MiB limit: anon 60.1 MiB, anon_thp 0 B, file 0.3 MiB`
+fn allocation_line(ev: &crate::event::OomKill) -> String {
+    let a = &ev.allocation;
+    let size = a
+        .size_bytes
+        .map_or(String::new(), |s| format!(" ({})", human_bytes(s)));
+    let order = a
+        .order
+        .map_or("order ?".to_owned(), |o| format!("order {o}{size}"));
+    let path = match a.path_detail {
+        Some(d) => format!("{} ({d})", a.path.replace('_', " ")),
+        None => a.path.replace('_', " "),
+    };
+    let place = a
+        .user_stack
+        .as_ref()
+        .and_then(|u| u.frames.iter().find(|f| f.function.is_some()))
+        .map_or(String::new(), |f| {
+            let loc = match (&f.file, f.line) {
+                (Some(file), Some(line)) => {
+                    let base = file.rsplit('/').next().unwrap_or(file);
+                    format!(" ({base}:{line})")
+                }
+                _ => String::new(),
+            };
+            format!(" in {}{loc}", f.function.as_deref().unwrap_or("?"))
+        });
+    let mut out = format!("{order} {path}{place}");
+    if let Some(mem) = ev.oom_memcg.as_ref().and_then(|m| m.memory.as_ref()) {
+        let b = |x: Option<u64>| x.map_or("?".to_owned(), human_bytes);
+        let limit = mem.limit_bytes.map_or("no".to_owned(), human_bytes);
+        match &mem.stat {
+            Some(s) => out.push_str(&format!(
+                "; memcg {limit} limit: anon {}, anon_thp {}, file {}, shmem {}",
+                b(s.anon),
+                b(s.anon_thp),
+                b(s.file),
+                b(s.shmem)
+            )),
+            None => out.push_str(&format!(
+                "; memcg {limit} limit, usage {}",
+                human_bytes(mem.usage_bytes)
+            )),
+        }
+    }
+    out
 }
 
 /// Returns freed heap pages to the kernel (glibc keeps them otherwise).
@@ -292,6 +348,7 @@ pub async fn run(opts: Options) -> Result<()> {
     let mut info = KernelInfo::probe();
     info.cfg.all_signals = u32::from(opts.signals == Signals::All);
     info.cfg.filter_tgid = opts.filter.pid.unwrap_or(0);
+    info.cfg.user_stacks = u32::from(opts.user_stacks);
     if let Some(e) = &info.btf_error {
         log::warn!("no kernel BTF ({e}): only the classic tracepoint mode works, without cgroup ids");
     }
@@ -346,7 +403,12 @@ pub async fn run(opts: Options) -> Result<()> {
     resolver.walk();
     let mut stream = Stream {
         sink,
-        enricher: Enricher::new(resolver, None, Machine::read()),
+        enricher: {
+            let mut e = Enricher::new(resolver, None, Machine::read());
+            e.gfp = Some(info.gfp.clone());
+            e.ustack = opts.user_stacks.then(crate::ustack::UserSymbolizer::new);
+            e
+        },
         whodunit: Whodunit::default(),
         filter: opts.filter.clone(),
         ksyms: Some(ksyms),

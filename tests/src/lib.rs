@@ -27,6 +27,24 @@ macro_rules! skip_unless {
     };
 }
 
+/// Skips the test (visibly) unless it runs as root on a machine with a memory cgroup hierarchy.
+#[macro_export]
+macro_rules! require_root_memcg {
+    () => {
+        $crate::skip_unless!(
+            $crate::is_root(),
+            "needs root (CAP_BPF, CAP_PERFMON, cgroup writes)"
+        );
+        $crate::skip_unless!(
+            $crate::memory_hierarchy().is_some(),
+            "no cgroup hierarchy with the memory controller"
+        );
+    };
+}
+
+/// MiB, for cgroup limits.
+pub const MIB: u64 = 1 << 20;
+
 #[doc(hidden)]
 pub fn skip_note(module: &str, line: u32, why: &dyn std::fmt::Display) {
     use std::io::Write as _;
@@ -422,4 +440,35 @@ pub fn check_schema(lines: &[Value]) {
             "line violates docs/events.schema.json: {errors:?}\n{line}"
         );
     }
+}
+
+/// The kernel's memory.stat dump in its OOM report for cgroup `path` (rate-limited: may be absent):
+/// the `key value` lines after `Memory cgroup stats for PATH:`.
+pub fn oom_report_stats(path: &str) -> Option<std::collections::HashMap<String, u64>> {
+    let lines = dmesg();
+    let header = format!("Memory cgroup stats for {path}:");
+    let start = lines.iter().rposition(|l| l.trim_end() == header)?;
+    let mut out = std::collections::HashMap::new();
+    for l in &lines[start + 1..] {
+        let mut it = l.split_whitespace();
+        match (it.next(), it.next(), it.next()) {
+            (Some(k), Some(v), None) if k.chars().all(|c| c.is_ascii_lowercase() || c == '_') => {
+                let Ok(v) = v.parse() else { break };
+                out.insert(k.to_owned(), v);
+            }
+            _ => break,
+        }
+    }
+    Some(out)
+}
+
+/// Waits until `path` exists (a hog's --ready file).
+pub fn wait_ready(path: &str) -> bool {
+    for _ in 0..1000 {
+        if Path::new(path).exists() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    false
 }

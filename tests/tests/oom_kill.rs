@@ -6,26 +6,6 @@ use std::{os::unix::process::ExitStatusExt, thread, time::Duration};
 use oomtrace_tests::*;
 use serde_json::Value;
 
-const MIB: u64 = 1 << 20;
-
-fn preconditions() -> Result<(), String> {
-    if !is_root() {
-        return Err("needs root (CAP_BPF, CAP_PERFMON, cgroup writes)".into());
-    }
-    if memory_hierarchy().is_none() {
-        return Err("no cgroup hierarchy with the memory controller".into());
-    }
-    Ok(())
-}
-
-macro_rules! require_root_memcg {
-    () => {
-        if let Err(why) = preconditions() {
-            skip_unless!(false, why);
-        }
-    };
-}
-
 /// Modes this kernel can attach, per `oomtrace check`.
 fn attachable_modes() -> Vec<&'static str> {
     let out = std::process::Command::new(bin("oomtrace"))

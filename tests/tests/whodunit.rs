@@ -13,21 +13,6 @@ use std::{
 use oomtrace_tests::*;
 use serde_json::Value;
 
-const MIB: u64 = 1 << 20;
-
-macro_rules! require_root_memcg {
-    () => {
-        skip_unless!(
-            is_root(),
-            "needs root (CAP_BPF, CAP_PERFMON, cgroup writes)"
-        );
-        skip_unless!(
-            memory_hierarchy().is_some(),
-            "no cgroup hierarchy with the memory controller"
-        );
-    };
-}
-
 /// A copy of kill(1) named `the-butler`: its comm and executable name are distinctive.
 fn the_butler() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("oomtrace-butler-{}", std::process::id()));

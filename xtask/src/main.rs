@@ -1,7 +1,9 @@
-//! Developer tasks for oomtrace: `cargo xtask build-ebpf` and `cargo xtask bench`.
+//! Developer tasks for oomtrace: `cargo xtask build-ebpf`, `cargo xtask bench` and
+//! `cargo xtask vm-test`.
 //!
 //! Exit codes: 0 success, 1 failure to run (missing prerequisites, a build or a measurement that
-//! could not be made), 2 usage error. A benchmark that misses a target still exits 0.
+//! could not be made), 2 usage error. A benchmark that misses a target still exits 0; a VM test
+//! that fails (or a VM that hangs or crashes) exits 1.
 
 mod bench;
 mod ebpf;
@@ -9,11 +11,13 @@ mod memcg;
 mod stats;
 mod sys;
 mod tracer;
+mod vm;
 
 use std::{
     fs,
     path::{Path, PathBuf},
     process::ExitCode,
+    time::Duration,
 };
 
 use anyhow::{Context, Result};
@@ -47,6 +51,37 @@ enum Command {
         /// Where to write the raw numbers (default: target/bench/bench.json in the workspace).
         #[arg(long, value_name = "PATH")]
         json: Option<PathBuf>,
+    },
+    /// Run the real-OOM tests inside qemu on Debian's 6.1 and 6.12 kernels, once per attach mode.
+    ///
+    /// Fetches the pinned kernel packages (cached in target/vm), builds static binaries, boots
+    /// each kernel once (TCG), and prints a kernel × mode × test matrix in Markdown on stdout.
+    /// Needs qemu-system-x86, busybox-static, zstd, lz4 and the x86_64-unknown-linux-musl Rust
+    /// target (scripts/bootstrap.sh installs them). Exits 1 on any failed test, hung or crashed VM.
+    VmTest {
+        /// Kernel to boot.
+        #[arg(long, value_name = "KERNEL", default_value = "all", value_parser = ["6.1", "6.12", "all"])]
+        kernel: String,
+        /// Attach mode to test.
+        #[arg(
+            long,
+            value_name = "MODE",
+            default_value = "all",
+            value_parser = ["fentry", "kprobe", "tp_btf", "tracepoint", "all"]
+        )]
+        attach: String,
+        /// After the tests, keep the VM with a shell on the console (exit it to power off).
+        #[arg(long)]
+        keep: bool,
+        /// Only tests whose name contains TEXT.
+        #[arg(long, value_name = "TEXT")]
+        filter: Option<String>,
+        /// Seconds one boot (all tests of one kernel) may take before the VM is killed.
+        #[arg(long, value_name = "SECS", default_value_t = 2400, value_parser = clap::value_parser!(u64).range(1..))]
+        boot_timeout: u64,
+        /// Seconds one test may take inside the VM before it is killed.
+        #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+        test_timeout: u64,
     },
 }
 
@@ -86,6 +121,24 @@ fn main() -> ExitCode {
                 kills,
                 runs,
                 json: json.unwrap_or_else(|| workspace.join("target").join("bench").join("bench.json")),
+            },
+        ),
+        Command::VmTest {
+            kernel,
+            attach,
+            keep,
+            filter,
+            boot_timeout,
+            test_timeout,
+        } => vm::run(
+            &workspace,
+            &vm::Options {
+                kernel,
+                attach,
+                keep,
+                boot_timeout: Duration::from_secs(boot_timeout),
+                test_timeout: Duration::from_secs(test_timeout),
+                filter,
             },
         ),
     };

@@ -1,15 +1,80 @@
 //! A memory hog for oomtrace's tests. Joins a cgroup, sets its oom_score_adj, then allocates and
-//! touches memory in steps until it is killed or reaches its target.
+//! touches memory in steps until it is killed or reaches its target. Built with frame pointers
+//! (.cargo/config.toml) so the kernel can walk its user stack: the allocation happens in
+//! `grow_buffer`, a name the tests look for in `allocation.user_stack`.
 //!
 //! oomtrace-hog [--cgroup DIR] [--adj N] [--mb N] [--step-kb N] [--ready FILE] [--hold]
-//!   --mb N      stop after N MiB (default: never stop)
-//!   --hold      after reaching --mb, write "ready" to --ready (if given) and sleep until killed
+//!              [--thp] [--reserve-mb N]
+//!   --mb N          stop after N MiB (default: never stop)
+//!   --hold          after reaching --mb, write "ready" to --ready (if given) and sleep until killed
+//!   --thp           allocate from one anonymous mapping with MADV_HUGEPAGE (2 MiB huge pages)
+//!   --reserve-mb N  first map N MiB without touching it (virtual size far above resident)
 use std::{env, fs, process::ExitCode, thread, time::Duration};
+
+/// One big anonymous mapping, touched page by page from the start.
+struct Arena {
+    base: *mut u8,
+    len: usize,
+    used: usize,
+}
+
+impl Arena {
+    fn new(len: usize, thp: bool) -> Self {
+        // SAFETY: anonymous private mapping; checked below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED, "mmap {len} bytes");
+        if thp {
+            // SAFETY: advising our own mapping.
+            let rc = unsafe { libc::madvise(base, len, libc::MADV_HUGEPAGE) };
+            assert_eq!(rc, 0, "madvise(MADV_HUGEPAGE)");
+        }
+        Self {
+            base: base.cast(),
+            len,
+            used: 0,
+        }
+    }
+}
+
+/// Touches `step` more bytes of memory: the page faults the OOM killer interrupts happen here.
+#[inline(never)]
+fn grow_buffer(arena: &mut Option<Arena>, held: &mut Vec<Vec<u8>>, step: usize) -> usize {
+    match arena {
+        Some(a) => {
+            let end = (a.used + step).min(a.len);
+            for off in (a.used..end).step_by(4096) {
+                // SAFETY: inside our mapping.
+                unsafe { a.base.add(off).write_volatile(1) };
+            }
+            let n = end - a.used;
+            a.used = end;
+            n
+        }
+        None => {
+            let mut chunk = vec![0u8; step];
+            for i in (0..chunk.len()).step_by(4096) {
+                chunk[i] = 1;
+            }
+            held.push(std::hint::black_box(chunk));
+            step
+        }
+    }
+}
 
 fn main() -> ExitCode {
     let mut args = env::args().skip(1);
     let (mut cgroup, mut adj, mut mb, mut step_kb, mut ready, mut hold) =
         (None, None, None, 1024usize, None, false);
+    let (mut thp, mut reserve_mb) = (false, 0usize);
     while let Some(a) = args.next() {
         let mut val = || args.next().expect("flag needs a value");
         match a.as_str() {
@@ -19,6 +84,8 @@ fn main() -> ExitCode {
             "--step-kb" => step_kb = val().parse().expect("--step-kb"),
             "--ready" => ready = Some(val()),
             "--hold" => hold = true,
+            "--thp" => thp = true,
+            "--reserve-mb" => reserve_mb = val().parse().expect("--reserve-mb"),
             other => {
                 eprintln!("oomtrace-hog: unknown argument {other}");
                 return ExitCode::from(2);
@@ -32,17 +99,18 @@ fn main() -> ExitCode {
         fs::write("/proc/self/oom_score_adj", adj).expect("set oom_score_adj");
     }
     let limit = mb.map(|m| m << 20);
+    // THP and reserved memory come from one mapping (huge pages need 2 MiB-aligned ranges).
+    let mut arena =
+        (thp || reserve_mb > 0).then(|| Arena::new((reserve_mb.max(mb.unwrap_or(1024))) << 20, thp));
     let mut held: Vec<Vec<u8>> = Vec::new();
     let mut total = 0usize;
-    let step = step_kb << 10;
+    let step = if thp { 2 << 20 } else { step_kb << 10 };
     while limit.is_none_or(|l| total < l) {
-        let mut chunk = vec![0u8; step];
-        // Touch every page so it is charged to the cgroup now.
-        for i in (0..chunk.len()).step_by(4096) {
-            chunk[i] = 1;
+        let n = grow_buffer(&mut arena, &mut held, step);
+        if n == 0 {
+            break;
         }
-        total += chunk.len();
-        held.push(std::hint::black_box(chunk));
+        total += n;
     }
     if let Some(r) = ready {
         fs::write(r, "ready").expect("write ready file");
