@@ -8,6 +8,10 @@ NIGHTLY=nightly-2026-07-01    # its LLVM (22.1.x) matches Debian's llvm-22, whic
 BPF_LINKER_VERSION=0.13       # built against Debian's llvm-22 (no prebuilt LLVM download)
 LLVM_PREFIX=/usr/lib/llvm-22
 APT_PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev)
+# `cargo xtask vm-test`: qemu, busybox for the guest, and the decompressors that get vmlinux out
+# of Debian's vmlinuz (6.1 is lz4, 6.12 zstd). The guest's binaries are static musl builds.
+VM_APT_PKGS=(qemu-system-x86 busybox-static cpio zstd xz-utils lz4)
+MUSL_TARGET=x86_64-unknown-linux-musl
 
 say() { printf 'bootstrap: %s\n' "$*" >&2; }
 
@@ -23,6 +27,30 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+vm_missing=()
+for p in "${VM_APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || vm_missing+=("$p")
+done
+if [ "${#vm_missing[@]}" -gt 0 ]; then
+  say "installing Debian packages for the VM tests: ${vm_missing[*]}"
+  $SUDO apt-get update -qq >/dev/null
+  # Without recommends: qemu's GUI, OVMF and block drivers are not needed for a serial-only guest.
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${vm_missing[@]}" >/dev/null
+fi
+
+# `cargo xtask bench`: the contenders oomtrace is measured against (bench/): Debian's bpftrace, and
+# clang, libbpf-dev and bpftool to build the C floor against the running kernel's BTF.
+BENCH_APT_PKGS=(bpftrace clang libbpf-dev bpftool)
+bench_missing=()
+for p in "${BENCH_APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || bench_missing+=("$p")
+done
+if [ "${#bench_missing[@]}" -gt 0 ]; then
+  say "installing Debian packages for the benchmark: ${bench_missing[*]}"
+  $SUDO apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${bench_missing[@]}" >/dev/null
+fi
+
 if ! command -v rustup >/dev/null 2>&1; then
   say "rustup not found: install it from your distribution (Debian: apt-get install rustup) and re-run"
   exit 1
@@ -30,6 +58,10 @@ fi
 if ! rustup run "$STABLE" rustc --version >/dev/null 2>&1; then
   say "installing Rust $STABLE"
   rustup toolchain install "$STABLE" --profile minimal -c rustfmt -c clippy >/dev/null 2>&1
+fi
+if ! rustup target list --toolchain "$STABLE" --installed 2>/dev/null | grep -qx "$MUSL_TARGET"; then
+  say "adding the Rust target $MUSL_TARGET to $STABLE (static binaries for the VM tests)"
+  rustup target add "$MUSL_TARGET" --toolchain "$STABLE" >/dev/null 2>&1
 fi
 if ! rustup run "$NIGHTLY" rustc --version >/dev/null 2>&1 \
    || ! rustup component list --toolchain "$NIGHTLY" --installed 2>/dev/null | grep -q '^rust-src'; then

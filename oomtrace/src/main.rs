@@ -3,30 +3,11 @@
 //! Exit codes: 0 clean stop (signal, or the reader closed stdout), 1 runtime or setup failure,
 //! 2 usage error.
 
-mod btf;
-mod caps;
-mod cgroup;
-mod check;
-mod enrich;
-mod event;
-mod gfp;
-mod ksyms;
-mod layout;
-mod loader;
-mod memcg_watch;
-mod memstat;
-mod output;
-mod record;
-mod run;
-mod tracefs;
-mod ustack;
-mod whodunit;
-
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
-use crate::{loader::AttachMode, output::Format};
+use oomtrace::{check, loader::AttachMode, output::Format, run};
 
 /// Trace Linux OOM kills with eBPF: who was killed, who triggered it, which cgroup limit fired.
 ///

@@ -105,7 +105,7 @@ pub fn read_stat(dir: &Path, version: u8) -> Option<Stat> {
 
 /// cgroup v1 memory.stat (Documentation/admin-guide/cgroup-v1/memory.rst): the `total_*` keys
 /// are hierarchical, like the counters the OOM killer compares with the limit.
-fn parse_v1(text: &str, dir: &Path) -> Stat {
+pub fn parse_v1(text: &str, dir: &Path) -> Stat {
     let t = |k: &str| kv(text, &format!("total_{k}")).or_else(|| kv(text, k));
     Stat {
         anon: t("rss"),
@@ -126,7 +126,7 @@ fn parse_v1(text: &str, dir: &Path) -> Stat {
 }
 
 /// cgroup v2 memory.stat (Documentation/admin-guide/cgroup-v2.rst): hierarchical already.
-fn parse_v2(text: &str) -> Stat {
+pub fn parse_v2(text: &str) -> Stat {
     let k = |key: &str| kv(text, key);
     Stat {
         anon: k("anon"),

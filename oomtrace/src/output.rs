@@ -1,18 +1,31 @@
-//! Where events go: JSON Lines (or one human line per kill) to stdout or a file, one flush per
-//! event so a log shipper sees each kill at once. Timestamps: boot-time nanoseconds from the
-//! kernel, turned into RFC 3339 wall-clock time with the offset measured at start.
+//! Where events go: JSON Lines (or one human line per kill) to stdout or a file. Timestamps:
+//! boot-time nanoseconds from the kernel, turned into RFC 3339 wall-clock time with the offset
+//! measured at start.
+//!
+//! The event loop never waits for the output. It numbers and serializes each line and hands it
+//! to a bounded queue ([`OUTPUT_QUEUE_BYTES`]); a writer thread writes the queue out, flushing
+//! whenever it is empty, so a log shipper sees each kill at once. A reader that stops reading
+//! fills the queue, and then records are dropped — counted, their `seq` numbers left as a hole,
+//! and reported by a `lost` line of reason `output_backpressure` once the queue has drained —
+//! while the kernel's ring buffer keeps being emptied and signals keep being handled.
 
 use std::{
-    fs::OpenOptions,
-    io::{self, BufWriter, Write},
-    path::{Path, PathBuf},
+    collections::VecDeque,
+    fs::{File, OpenOptions},
+    io::{self, Write},
+    os::fd::{AsRawFd, BorrowedFd},
+    path::Path,
+    sync::{Arc, Condvar, Mutex, MutexGuard},
+    thread,
+    time::Duration,
 };
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
 use serde::Serialize;
+use tokio::sync::{Notify, oneshot};
 
-use crate::event::{Line, SCHEMA_VERSION};
+use crate::event::{Line, Lost, SCHEMA_VERSION};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -37,6 +50,12 @@ fn clock_ns(id: libc::clockid_t) -> i128 {
     // SAFETY: ts is a valid, writable timespec.
     unsafe { libc::clock_gettime(id, &mut ts) };
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Clock {
@@ -81,42 +100,195 @@ pub fn rfc3339(unix_ns: i64) -> String {
     )
 }
 
-pub struct Sink {
-    out: Box<dyn Write>,
-    pub format: Format,
-    seq: u64,
-    host: String,
-    clock: Clock,
-    path: Option<PathBuf>,
-}
+/// Most bytes of serialized lines that wait for the output at once (the bound of a slow
+/// consumer): about 850 `oom_kill` lines, or 600 OOM kills with their `signal`, `exit` and
+/// `memcg_oom` lines. Past it, records are dropped (see [`Sink::emit`]) instead of piling up in
+/// memory or stalling the event loop.
+pub const OUTPUT_QUEUE_BYTES: usize = 4 << 20;
+
+/// Once full, the queue takes records again when it has drained to this.
+pub const OUTPUT_QUEUE_RESUME_BYTES: usize = OUTPUT_QUEUE_BYTES / 2;
+
+/// How long a stop (SIGINT/SIGTERM) waits for the output to take the last lines.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The writer thread hands the output at most this many bytes per write(2).
+const WRITE_BATCH_BYTES: usize = 64 << 10;
+
+/// The `lost` reason for records dropped because the output did not keep up.
+pub const OUTPUT_BACKPRESSURE: &str = "output_backpressure";
 
 /// What went wrong writing a line.
+#[derive(Debug)]
 pub enum WriteError {
     /// The reader went away (`oomtrace run | head -1`): a clean stop.
     Closed,
     Failed(anyhow::Error),
 }
 
+/// Lines on their way from the event loop to the writer thread.
+struct Queue {
+    state: Mutex<QueueState>,
+    /// Signalled when a line is queued or the queue is closed.
+    ready: Condvar,
+    /// Tells the event loop that a full queue has drained to [`OUTPUT_QUEUE_RESUME_BYTES`].
+    resume: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct QueueState {
+    lines: VecDeque<Box<[u8]>>,
+    /// Bytes of the queued lines plus the batch being written: what the queue holds in memory.
+    bytes: usize,
+    /// Lines queued since start, and lines the output has taken.
+    queued: u64,
+    written: u64,
+    /// No more lines will come: the writer exits once the queue is empty.
+    closed: bool,
+    /// The writer has exited (on error); lines queued from now on are discarded.
+    dead: bool,
+    /// The event loop waits for `resume`.
+    want_resume: bool,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // A panic while holding the lock cannot leave the state inconsistent: use it anyway.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The writer thread's half: what the event loop waits on.
+pub struct Writer {
+    /// Fires once when the writer thread exits: after the queue was closed and drained, or on
+    /// the first write error.
+    pub done: oneshot::Receiver<Result<(), WriteError>>,
+    /// Notified when a full queue has drained enough to take records again.
+    pub resume: Arc<Notify>,
+}
+
+/// The event loop's half of the output: numbers, serializes and queues lines; a thread writes
+/// them. Nothing here blocks on the output.
+pub struct Sink {
+    queue: Arc<Queue>,
+    pub format: Format,
+    seq: u64,
+    host: String,
+    clock: Clock,
+    scratch: Vec<u8>,
+    /// Records are being dropped: the queue filled up and has not drained to the resume mark.
+    dropping: bool,
+    /// Records dropped in the current hole (not yet reported by a `lost` line), and in all.
+    dropped: u64,
+    dropped_total: u64,
+    /// The queue filled up since the last time it was found empty.
+    filled: bool,
+}
+
+/// Where lines go: a file opened for appending, or (a duplicate of) stdout.
+fn open_output(path: Option<&Path>) -> Result<File> {
+    match path {
+        Some(p) => OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .with_context(|| format!("failed to open --output {} for appending", p.display())),
+        None => {
+            // SAFETY: fcntl(F_GETFL) on any fd number is harmless.
+            let flags = unsafe { libc::fcntl(1, libc::F_GETFL) };
+            if flags < 0 {
+                anyhow::bail!(
+                    "stdout is closed ({}): give oomtrace somewhere to write, e.g. --output PATH",
+                    io::Error::last_os_error()
+                );
+            }
+            if flags & libc::O_ACCMODE == libc::O_RDONLY {
+                anyhow::bail!(
+                    "stdout is open read-only: give oomtrace somewhere to write, e.g. --output PATH"
+                );
+            }
+            // `oomtrace run >&-`: the Rust runtime opens /dev/null (read-write) on a closed fd 1
+            // before main, so that no file opened later becomes "stdout" by accident.
+            if is_dev_null(1) {
+                log::warn!(
+                    "stdout is /dev/null{}: the event stream is discarded (pass --output PATH to keep it)",
+                    if flags & libc::O_ACCMODE == libc::O_RDWR {
+                        " (was it closed, `>&-`?)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            // SAFETY: fd 1 is open (checked above) for the duration of this call.
+            let fd = unsafe { BorrowedFd::borrow_raw(1) };
+            Ok(File::from(
+                fd.try_clone_to_owned().context("failed to duplicate stdout")?,
+            ))
+        }
+    }
+}
+
+/// Whether `fd` is the null device (char device 1:3).
+fn is_dev_null(fd: i32) -> bool {
+    // SAFETY: an all-zero stat is valid; fstat writes it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat(2) with a valid out-pointer.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return false;
+    }
+    st.st_mode & libc::S_IFMT == libc::S_IFCHR && libc::major(st.st_rdev) == 1 && libc::minor(st.st_rdev) == 3
+}
+
 impl Sink {
-    pub fn open(format: Format, path: Option<&Path>, host: String, clock: Clock) -> Result<Self> {
-        let out: Box<dyn Write> = match path {
-            Some(p) => Box::new(BufWriter::new(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .with_context(|| format!("failed to open --output {} for appending", p.display()))?,
-            )),
-            None => Box::new(BufWriter::new(io::stdout())),
-        };
-        Ok(Self {
-            out,
+    /// Opens the output (`path`, else stdout) and starts the writer thread.
+    pub fn open(format: Format, path: Option<&Path>, host: String, clock: Clock) -> Result<(Self, Writer)> {
+        let file = open_output(path)?;
+        let target = path.map_or("stdout".to_owned(), |p| p.display().to_string());
+        Self::new(format, Box::new(Blocking(file)), target, host, clock)
+    }
+
+    /// A sink writing to `out`; `target` names it in error messages.
+    pub fn new(
+        format: Format,
+        mut out: Box<dyn Write + Send>,
+        target: String,
+        host: String,
+        clock: Clock,
+    ) -> Result<(Self, Writer)> {
+        let resume = Arc::new(Notify::new());
+        let queue = Arc::new(Queue {
+            state: Mutex::new(QueueState::default()),
+            ready: Condvar::new(),
+            resume: resume.clone(),
+        });
+        let (tx, done) = oneshot::channel();
+        let q = queue.clone();
+        thread::Builder::new()
+            .name("oomtrace-writer".into())
+            .spawn(move || {
+                let r = write_lines(&q, &mut out).map_err(|e| classify(e, &target));
+                {
+                    let mut s = q.lock();
+                    s.dead = true;
+                    s.lines.clear();
+                    s.bytes = 0;
+                }
+                let _ = tx.send(r);
+            })
+            .context("failed to start the writer thread")?;
+        let sink = Self {
+            queue,
             format,
             seq: 0,
             host,
             clock,
-            path: path.map(Path::to_owned),
-        })
+            scratch: Vec::with_capacity(8 << 10),
+            dropping: false,
+            dropped: 0,
+            dropped_total: 0,
+            filled: false,
+        };
+        Ok((sink, Writer { done, resume }))
     }
 
     /// The sequence number the next line will carry.
@@ -124,20 +296,157 @@ impl Sink {
         self.seq
     }
 
-    /// Writes one event. In text format, `text` is written instead of the JSON (and events
-    /// without a text form are skipped).
+    /// Queues one record; returns whether it was queued. In text format, `text` is written
+    /// instead of the JSON (and records without a text form are skipped).
+    ///
+    /// While the queue is full the record is dropped instead: it still takes its `seq`, so the
+    /// stream has a hole there, which the next `lost` line of reason `output_backpressure`
+    /// (written once the queue has drained to [`OUTPUT_QUEUE_RESUME_BYTES`], see
+    /// [`Sink::backlogged`]) closes: its `count` is the width of the hole just before it.
     pub fn emit<T: Serialize>(
         &mut self,
         kind: &'static str,
         boot_ns: u64,
         body: &T,
         text: Option<String>,
-    ) -> Result<(), WriteError> {
+    ) -> bool {
         let seq = self.seq;
         self.seq += 1;
+        if self.format == Format::Text && text.is_none() {
+            return true;
+        }
+        if self.dropping {
+            self.drop_one();
+            return false;
+        }
+        let line = self.serialize(kind, seq, boot_ns, body, text);
+        let mut s = self.queue.lock();
+        if s.bytes > 0 && s.bytes + line.len() > OUTPUT_QUEUE_BYTES {
+            s.want_resume = true;
+            drop(s);
+            self.dropping = true;
+            self.filled = true;
+            self.drop_one();
+            return false;
+        }
+        push(&self.queue, s, line);
+        true
+    }
+
+    /// Queues a line that is never dropped (`start`, `lost`, `stop`). It may take the queue past
+    /// its bound by its own size; callers write `lost` lines only when [`Sink::backlogged`] says
+    /// there is room, so that cannot repeat.
+    pub fn emit_control<T: Serialize>(
+        &mut self,
+        kind: &'static str,
+        boot_ns: u64,
+        body: &T,
+        text: Option<String>,
+    ) {
+        let seq = self.seq;
+        self.seq += 1;
+        if self.format == Format::Text && text.is_none() {
+            return;
+        }
+        let line = self.serialize(kind, seq, boot_ns, body, text);
+        let mut s = self.queue.lock();
+        if s.bytes + line.len() > OUTPUT_QUEUE_BYTES && !self.dropping {
+            s.want_resume = true;
+            self.dropping = true;
+            self.filled = true;
+        }
+        push(&self.queue, s, line);
+    }
+
+    fn drop_one(&mut self) {
+        self.dropped += 1;
+        self.dropped_total += 1;
+    }
+
+    /// True while records are being dropped. Called before numbering a record: if the queue
+    /// has drained to the resume mark, this first writes the `lost` line that closes the hole.
+    pub fn backlogged(&mut self) -> bool {
+        if self.dropping {
+            let mut s = self.queue.lock();
+            if s.bytes > OUTPUT_QUEUE_RESUME_BYTES && !s.dead {
+                s.want_resume = true;
+                return true;
+            }
+            s.want_resume = false;
+            drop(s);
+            self.dropping = false;
+            self.close_hole();
+        }
+        false
+    }
+
+    /// Writes the `lost` line of the current hole even if the queue is still full (at stop).
+    pub fn finish(&mut self) {
+        self.dropping = false;
+        self.close_hole();
+    }
+
+    fn close_hole(&mut self) {
+        if self.dropped == 0 {
+            return;
+        }
+        let (count, total) = (self.dropped, self.dropped_total);
+        self.dropped = 0;
+        let body = Lost {
+            reason: OUTPUT_BACKPRESSURE,
+            count,
+            total,
+        };
+        let text = lost_text(OUTPUT_BACKPRESSURE, count, total);
+        self.emit_control("lost", Clock::now_boot_ns(), &body, Some(text));
+    }
+
+    /// True once after the queue filled up and has since been written out completely: the
+    /// moment to give the memory it held back to the kernel.
+    pub fn drained_after_filling(&mut self) -> bool {
+        if self.filled && !self.dropping && self.queue.lock().bytes == 0 {
+            self.filled = false;
+            return true;
+        }
+        false
+    }
+
+    /// Records dropped because the output did not keep up, since start.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_total
+    }
+
+    /// No more lines: the writer thread exits once it has written what is queued.
+    pub fn close(&self) {
+        let mut s = self.queue.lock();
+        s.closed = true;
+        drop(s);
+        self.queue.ready.notify_one();
+    }
+
+    /// Lines queued that the output has not taken (yet).
+    pub fn unwritten(&self) -> u64 {
+        let s = self.queue.lock();
+        s.queued - s.written
+    }
+
+    fn serialize<T: Serialize>(
+        &mut self,
+        kind: &'static str,
+        seq: u64,
+        boot_ns: u64,
+        body: &T,
+        text: Option<String>,
+    ) -> Box<[u8]> {
         let time = self.clock.wall(boot_ns);
-        let res = match self.format {
-            Format::Json => {
+        self.scratch.clear();
+        match (self.format, text) {
+            (Format::Text, Some(t)) => {
+                self.scratch.extend_from_slice(time.as_bytes());
+                self.scratch.push(b' ');
+                self.scratch.extend_from_slice(t.as_bytes());
+            }
+            _ => {
                 let line = Line {
                     schema: SCHEMA_VERSION,
                     kind,
@@ -147,34 +456,143 @@ impl Sink {
                     host: &self.host,
                     body,
                 };
-                serde_json::to_writer(&mut self.out, &line)
-                    .map_err(io::Error::from)
-                    .and_then(|()| self.out.write_all(b"\n"))
+                // Writing into a Vec fails only if a Serialize impl does; ours never do.
+                if let Err(e) = serde_json::to_writer(&mut self.scratch, &line) {
+                    log::error!("failed to serialize a {kind} record: {e}");
+                    self.scratch.clear();
+                    self.scratch.extend_from_slice(b"{}");
+                }
             }
-            Format::Text => match text {
-                Some(t) => writeln!(self.out, "{time} {t}"),
-                None => return Ok(()),
-            },
+        }
+        self.scratch.push(b'\n');
+        // An exact-size copy: the queue's byte count is what the lines really hold.
+        let line: Box<[u8]> = self.scratch.as_slice().into();
+        if self.scratch.capacity() > 256 << 10 {
+            self.scratch = Vec::with_capacity(8 << 10);
+        }
+        line
+    }
+}
+
+fn push(q: &Queue, mut s: MutexGuard<'_, QueueState>, line: Box<[u8]>) {
+    if s.dead || s.closed {
+        return;
+    }
+    s.bytes += line.len();
+    s.queued += 1;
+    s.lines.push_back(line);
+    drop(s);
+    q.ready.notify_one();
+}
+
+/// The text form of a `lost` line.
+pub fn lost_text(reason: &str, count: u64, total: u64) -> String {
+    format!("lost {count} record(s): {reason} ({total} since start)")
+}
+
+/// The writer thread: takes lines off the queue in batches and writes them, until the queue is
+/// closed and empty or a write fails.
+fn write_lines(q: &Queue, out: &mut impl Write) -> io::Result<()> {
+    let mut batch = Vec::with_capacity(WRITE_BATCH_BYTES);
+    loop {
+        let (lines, bytes) = {
+            let mut s = q.lock();
+            while s.lines.is_empty() && !s.closed {
+                s = q.ready.wait(s).unwrap_or_else(|p| p.into_inner());
+            }
+            if s.lines.is_empty() {
+                return Ok(());
+            }
+            batch.clear();
+            let mut n = 0u64;
+            while let Some(l) = s.lines.front() {
+                if n > 0 && batch.len() + l.len() > WRITE_BATCH_BYTES {
+                    break;
+                }
+                batch.extend_from_slice(l);
+                s.lines.pop_front();
+                n += 1;
+            }
+            (n, batch.len())
         };
-        res.and_then(|()| self.out.flush()).map_err(|e| self.classify(e))
+        out.write_all(&batch)?;
+        out.flush()?;
+        if batch.capacity() > 4 * WRITE_BATCH_BYTES {
+            batch = Vec::with_capacity(WRITE_BATCH_BYTES);
+        }
+        let mut s = q.lock();
+        s.bytes -= bytes;
+        s.written += lines;
+        if s.want_resume && s.bytes <= OUTPUT_QUEUE_RESUME_BYTES {
+            s.want_resume = false;
+            q.resume.notify_one();
+        }
+    }
+}
+
+/// Writes to a file descriptor, waiting for it when it is non-blocking (a pipe whose reader set
+/// O_NONBLOCK on the shared file description, say) instead of failing with EAGAIN.
+struct Blocking(File);
+
+impl Write for Blocking {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            match self.0.write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let mut pfd = libc::pollfd {
+                        fd: self.0.as_raw_fd(),
+                        events: libc::POLLOUT,
+                        revents: 0,
+                    };
+                    // SAFETY: pfd is one valid pollfd.
+                    if unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {
+                        let e = io::Error::last_os_error();
+                        if e.kind() != io::ErrorKind::Interrupted {
+                            return Err(e);
+                        }
+                    }
+                }
+                r => return r,
+            }
+        }
     }
 
-    fn classify(&self, e: io::Error) -> WriteError {
-        if e.kind() == io::ErrorKind::BrokenPipe {
-            return WriteError::Closed;
-        }
-        let target = self
-            .path
-            .as_ref()
-            .map_or("stdout".to_owned(), |p| p.display().to_string());
-        let hint = match e.raw_os_error() {
-            Some(libc::ENOSPC) => " (the filesystem is full: free space or point --output elsewhere)",
-            Some(libc::EROFS) => " (the filesystem is read-only)",
-            Some(libc::EDQUOT) => " (disk quota exceeded)",
-            _ => "",
-        };
-        WriteError::Failed(anyhow::Error::new(e).context(format!("failed to write to {target}{hint}")))
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
     }
+}
+
+fn classify(e: io::Error, target: &str) -> WriteError {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        return WriteError::Closed;
+    }
+    let hint = match e.raw_os_error() {
+        Some(libc::ENOSPC) => " (the filesystem is full: free space or point --output elsewhere)",
+        Some(libc::EROFS) => " (the filesystem is read-only: point --output elsewhere)",
+        Some(libc::EDQUOT) => " (disk quota exceeded)",
+        Some(libc::EFBIG) => " (the file is too large: rotate it, or point --output elsewhere)",
+        Some(libc::EIO) => " (I/O error: check the device)",
+        _ => "",
+    };
+    WriteError::Failed(anyhow::Error::new(e).context(format!("failed to write to {target}{hint}")))
+}
+
+/// Text-format safety: control characters (newline, tab, escape, …) in kernel strings — a
+/// `comm`, a cgroup name, a symbol — are shown escaped (`\n`, `\u{1b}`) so that they can
+/// neither start a line of their own nor drive the terminal. JSON escapes them itself.
+pub fn escape_controls(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Bytes as a short human size: "64.0 MiB".
@@ -220,5 +638,172 @@ mod tests {
         let c = Clock::new();
         let t = c.wall(Clock::now_boot_ns());
         assert!(t.starts_with("20"), "{t}");
+    }
+
+    /// An output that takes nothing until the gate opens, like a pipe nobody reads.
+    struct Gated {
+        gate: Arc<(Mutex<bool>, Condvar)>,
+        got: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Gated {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let (open, cv) = &*self.gate;
+            let mut o = open.lock().unwrap();
+            while !*o {
+                o = cv.wait(o).unwrap();
+            }
+            self.got.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[derive(Serialize)]
+    struct Rec {
+        pad: String,
+    }
+
+    fn lines_of(bytes: &[u8]) -> Vec<serde_json::Value> {
+        String::from_utf8_lossy(bytes)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_stalled_output_costs_records_not_memory_and_seq_shows_the_hole() {
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let out = Gated {
+            gate: gate.clone(),
+            got: got.clone(),
+        };
+        let (mut sink, writer) = Sink::new(
+            Format::Json,
+            Box::new(out),
+            "test".into(),
+            "h".into(),
+            Clock::new(),
+        )
+        .unwrap();
+        sink.emit_control("start", 1, &Rec { pad: String::new() }, None);
+        let rec = Rec {
+            pad: "x".repeat(4000),
+        };
+        // 3x the bound while nobody reads: the queue stays bounded, the rest is dropped.
+        let n = 3 * OUTPUT_QUEUE_BYTES / 4000;
+        let queued = (0..n).filter(|_| sink.emit("oom_kill", 2, &rec, None)).count();
+        assert!(sink.backlogged());
+        assert!(queued > 0 && queued < n, "{queued} of {n}");
+        assert_eq!(sink.dropped_total(), (n - queued) as u64);
+        {
+            let s = sink.queue.lock();
+            assert!(s.bytes <= OUTPUT_QUEUE_BYTES, "{} bytes queued", s.bytes);
+        }
+        // The reader comes back: once the queue has drained to the resume mark, the hole is
+        // closed by a lost line and records flow again.
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while sink.backlogged() {
+            assert!(std::time::Instant::now() < deadline, "never resumed");
+            thread::sleep(Duration::from_millis(5));
+        }
+        assert!(sink.emit("oom_kill", 3, &rec, None));
+        sink.emit_control("stop", 4, &Rec { pad: String::new() }, None);
+        sink.close();
+        writer.done.blocking_recv().unwrap().unwrap();
+        assert_eq!(sink.unwritten(), 0);
+        let lines = lines_of(&got.lock().unwrap());
+        assert_eq!(lines.len(), 1 + queued + 1 + 1 + 1);
+        let lost: Vec<&serde_json::Value> = lines.iter().filter(|l| l["type"] == "lost").collect();
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0]["reason"], OUTPUT_BACKPRESSURE);
+        assert_eq!(lost[0]["count"], (n - queued) as u64);
+        assert_eq!(lost[0]["total"], (n - queued) as u64);
+        // Every gap in seq is exactly the count of the lost line right after it.
+        let mut prev = lines[0]["seq"].as_u64().unwrap();
+        for l in &lines[1..] {
+            let seq = l["seq"].as_u64().unwrap();
+            if seq != prev + 1 {
+                assert_eq!(l["reason"], OUTPUT_BACKPRESSURE, "unexplained gap before {l}");
+                assert_eq!(seq - prev - 1, l["count"].as_u64().unwrap());
+            }
+            prev = seq;
+        }
+        assert_eq!(prev, n as u64 + 3);
+    }
+
+    struct Failing(i32);
+
+    impl Write for Failing {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::Error::from_raw_os_error(self.0))
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn write_errors_end_the_writer_with_a_named_cause() {
+        let (mut sink, writer) = Sink::new(
+            Format::Json,
+            Box::new(Failing(libc::ENOSPC)),
+            "/mnt/full/x.jsonl".into(),
+            "h".into(),
+            Clock::new(),
+        )
+        .unwrap();
+        sink.emit_control("start", 1, &Rec { pad: String::new() }, None);
+        let Err(WriteError::Failed(e)) = writer.done.blocking_recv().unwrap() else {
+            panic!("ENOSPC must fail the run")
+        };
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("/mnt/full/x.jsonl") && msg.contains("filesystem is full"),
+            "{msg}"
+        );
+        // Lines after the writer died are discarded, not piled up.
+        for _ in 0..1000 {
+            sink.emit(
+                "oom_kill",
+                2,
+                &Rec {
+                    pad: "x".repeat(4000),
+                },
+                None,
+            );
+        }
+        assert_eq!(sink.queue.lock().bytes, 0);
+
+        let (mut sink, writer) = Sink::new(
+            Format::Json,
+            Box::new(Failing(libc::EPIPE)),
+            "stdout".into(),
+            "h".into(),
+            Clock::new(),
+        )
+        .unwrap();
+        sink.emit_control("start", 1, &Rec { pad: String::new() }, None);
+        assert!(matches!(
+            writer.done.blocking_recv().unwrap(),
+            Err(WriteError::Closed)
+        ));
+    }
+
+    #[test]
+    fn text_lines_cannot_be_forged() {
+        assert_eq!(escape_controls("plain /a b"), "plain /a b");
+        assert_eq!(
+            escape_controls("x\n2026 oom_kill\t\u{1b}[2J"),
+            "x\\n2026 oom_kill\\t\\u{1b}[2J"
+        );
+        assert_eq!(escape_controls("caf\u{e9} \u{fffd}"), "caf\u{e9} \u{fffd}");
     }
 }

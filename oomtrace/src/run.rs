@@ -1,7 +1,12 @@
 //! `oomtrace run`: attach, then stream every record until SIGINT/SIGTERM, then drain what the
 //! kernel already handed over and stop cleanly.
 
-use std::{path::PathBuf, sync::Arc, thread, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    thread,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail};
 use aya::maps::{MapData, PerCpuArray, RingBuf};
@@ -17,7 +22,7 @@ use crate::{
     ksyms::Ksyms,
     loader::{self, AttachMode, KernelInfo},
     memcg_watch::{self, MemcgOom},
-    output::{Clock, Format, Sink, WriteError, human_bytes},
+    output::{self, Clock, FLUSH_TIMEOUT, Format, Sink, WriteError, Writer, human_bytes},
     record::{self, Record},
     whodunit::{self, Whodunit},
 };
@@ -84,28 +89,48 @@ struct Stream {
     ksyms: Option<thread::JoinHandle<Option<Ksyms>>>,
     mode: &'static str,
     kills: u64,
+    /// Kernel-side ring buffer drops: counted by the kernel, and reported in `lost` lines.
     ring_lost: u64,
+    ring_reported: u64,
+    /// Undecodable records: counted, and reported in `lost` lines.
     decode_lost: u64,
+    decode_reported: u64,
 }
 
 impl Stream {
-    fn emit_lost(&mut self, reason: &'static str, count: u64, total: u64) -> Result<(), WriteError> {
+    fn emit_lost(&mut self, reason: &'static str, count: u64, total: u64) {
         let body = Lost { reason, count, total };
-        let text = format!("lost {count} record(s): {reason} ({total} since start)");
-        self.sink.emit("lost", Clock::now_boot_ns(), &body, Some(text))
+        let text = output::lost_text(reason, count, total);
+        self.sink
+            .emit_control("lost", Clock::now_boot_ns(), &body, Some(text));
     }
 
-    fn check_drops(&mut self, drops: &PerCpuArray<MapData, u64>) -> Result<(), WriteError> {
-        let total = loader::ring_drops(drops);
-        if total > self.ring_lost {
-            let delta = total - self.ring_lost;
-            self.ring_lost = total;
-            self.emit_lost("ring_buffer_full", delta, total)?;
+    /// Reads the kernel's drop counters and writes a `lost` line for each reason whose count
+    /// grew. While the output is backlogged the lines wait (the counts keep growing) so that
+    /// they are never themselves dropped; `force` writes them anyway (at stop).
+    fn report_losses(&mut self, drops: &PerCpuArray<MapData, u64>, force: bool) {
+        if force {
+            self.sink.finish();
+        } else if self.sink.backlogged() {
+            return;
         }
-        Ok(())
+        self.ring_lost = self.ring_lost.max(loader::ring_drops(drops));
+        if self.ring_lost > self.ring_reported {
+            let (count, total) = (self.ring_lost - self.ring_reported, self.ring_lost);
+            self.ring_reported = total;
+            self.emit_lost("ring_buffer_full", count, total);
+        }
+        if self.decode_lost > self.decode_reported {
+            let (count, total) = (self.decode_lost - self.decode_reported, self.decode_lost);
+            self.decode_reported = total;
+            self.emit_lost("decode_error", count, total);
+        }
     }
 
-    fn handle(&mut self, bytes: &[u8]) -> Result<(), WriteError> {
+    fn handle(&mut self, bytes: &[u8]) {
+        // Before a record takes its seq: a drained output first gets the `lost` line that closes
+        // the hole of the records dropped while it was full.
+        self.sink.backlogged();
         match record::decode(bytes) {
             Ok(Record::OomKill(rec)) => {
                 if let Some(h) = self.ksyms.take() {
@@ -131,11 +156,12 @@ impl Stream {
                         ],
                     )
                 {
-                    return Ok(());
+                    return;
                 }
                 let text = text_line(&ev);
-                self.kills += 1;
-                self.sink.emit("oom_kill", rec.ts_boot_ns, &ev, Some(text))
+                if self.sink.emit("oom_kill", rec.ts_boot_ns, &ev, Some(text)) {
+                    self.kills += 1;
+                }
             }
             Ok(Record::Signal(rec)) => {
                 let seq = self.sink.next_seq();
@@ -147,40 +173,44 @@ impl Stream {
                         &[ev.target.cgroup.as_ref(), ev.sender.process.cgroup.as_ref()],
                     )
                 {
-                    return Ok(());
+                    return;
                 }
-                self.sink.emit("signal", rec.ts_boot_ns, &ev, None)
+                self.sink.emit("signal", rec.ts_boot_ns, &ev, None);
             }
             Ok(Record::Reap(rec)) => {
                 let ev = self.whodunit.reap(&rec);
                 if self.filter.active() && !self.filter.matches(&[ev.pid, Some(ev.tid)], &[]) {
-                    return Ok(());
+                    return;
                 }
-                self.sink.emit("oom_reap", rec.ts_boot_ns, &ev, None)
+                self.sink.emit("oom_reap", rec.ts_boot_ns, &ev, None);
             }
             Ok(Record::Exit(rec)) => {
                 if self.whodunit.duplicate_exit(&rec) {
-                    return Ok(());
+                    return;
                 }
                 let ev = self.whodunit.exit(&rec, &mut self.enricher);
                 let f = &self.filter;
                 let oom_cg = ev.oom.as_ref().and_then(|o| o.oom_memcg.as_ref());
                 if f.active() && !f.matches(&[ev.process.pid], &[ev.process.cgroup.as_ref(), oom_cg]) {
-                    return Ok(());
+                    return;
                 }
-                let text = whodunit::sentence(&ev);
-                self.sink.emit("exit", rec.ts_boot_ns, &ev, Some(text))
+                let text = output::escape_controls(&whodunit::sentence(&ev));
+                self.sink.emit("exit", rec.ts_boot_ns, &ev, Some(text));
             }
             Err(e) => {
                 log::warn!("dropping an undecodable record: {e:#}");
                 self.decode_lost += 1;
-                let total = self.decode_lost;
-                self.emit_lost("decode_error", 1, total)
+                if !self.sink.backlogged() {
+                    let total = self.decode_lost;
+                    self.decode_reported = total;
+                    self.emit_lost("decode_error", 1, total);
+                }
             }
         }
     }
 
-    fn memcg_oom(&mut self, m: MemcgOom) -> Result<(), WriteError> {
+    fn memcg_oom(&mut self, m: MemcgOom) {
+        self.sink.backlogged();
         let ev = MemcgOomEv {
             memcg: Cgroup {
                 id: m.id,
@@ -193,11 +223,11 @@ impl Stream {
             oom_events: m.oom_events,
         };
         if self.filter.active() && !self.filter.matches(&[], &[Some(&ev.memcg)]) {
-            return Ok(());
+            return;
         }
         let text = format!(
             "memcg_oom {} hit its limit and entered OOM handling{}; {} OOM kill(s) in it so far",
-            ev.memcg.path.as_deref().unwrap_or("?"),
+            output::escape_controls(ev.memcg.path.as_deref().unwrap_or("?")),
             if ev.oom_kill_disable == Some(true) {
                 " (oom_kill_disable: tasks wait, nothing is killed)"
             } else {
@@ -205,14 +235,13 @@ impl Stream {
             },
             ev.oom_kills.map_or("?".to_owned(), |k| k.to_string()),
         );
-        self.sink.emit("memcg_oom", m.ts_boot_ns, &ev, Some(text))
+        self.sink.emit("memcg_oom", m.ts_boot_ns, &ev, Some(text));
     }
 
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<(), WriteError> {
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
         while let Some(item) = ring.next() {
-            self.handle(&item)?;
+            self.handle(&item);
         }
-        Ok(())
     }
 }
 
@@ -250,8 +279,11 @@ fn text_line(ev: &crate::event::OomKill) -> String {
         kb(v.shmem_rss_kb),
         kb(v.total_vm_kb),
     );
+    // Kernel strings (comm, cgroup names, symbol names) are bytes anyone can choose: a newline
+    // in one must not start a line of its own.
+    line = output::escape_controls(&line);
     line.push_str("\n    ");
-    line.push_str(&allocation_line(ev));
+    line.push_str(&output::escape_controls(&allocation_line(ev)));
     line
 }
 
@@ -327,16 +359,36 @@ fn hostname(over: Option<String>) -> String {
 
 pub async fn run(opts: Options) -> Result<()> {
     let exec_boot_ns = Clock::now_boot_ns();
-    let missing = caps::missing_for_run(caps::effective());
+    let eff = caps::effective();
+    let missing = caps::missing_for_run(eff);
     if !missing.is_empty() {
+        let have: Vec<&str> = [("CAP_BPF", caps::CAP_BPF), ("CAP_PERFMON", caps::CAP_PERFMON)]
+            .into_iter()
+            .filter(|(_, c)| caps::has(eff, *c))
+            .map(|(n, _)| n)
+            .collect();
         bail!(
-            "oomtrace run needs {} to load its eBPF programs (have: none of them). Run it as root \
+            "oomtrace run needs {} to load its eBPF programs (has: {}). Run it as root \
              (sudo oomtrace run) or grant them (setcap cap_bpf,cap_perfmon,cap_syslog+ep $(which oomtrace))",
-            missing.join(" and ")
+            missing.join(" and "),
+            if have.is_empty() {
+                "neither CAP_BPF nor CAP_PERFMON, nor CAP_SYS_ADMIN".to_owned()
+            } else {
+                have.join(", ")
+            }
         );
     }
+    if !caps::has(eff, caps::CAP_SYSLOG) {
+        log::warn!(
+            "no CAP_SYSLOG: kernel stacks may stay as raw addresses (grant cap_syslog to symbolize them)"
+        );
+    }
+    // Handlers first: a SIGINT/SIGTERM from here on (while attaching, say) is a clean stop after
+    // the `start` record, not a kill.
+    let mut sigint = signal(SignalKind::interrupt()).context("failed to install SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("failed to install SIGTERM handler")?;
     let clock = Clock::new();
-    let sink = Sink::open(opts.format, opts.output.as_deref(), hostname(opts.host), clock)?;
+    let (sink, mut writer) = Sink::open(opts.format, opts.output.as_deref(), hostname(opts.host), clock)?;
 
     // Kallsyms takes tens of ms to parse: do it off the start-up path.
     let ksyms = thread::spawn(|| {
@@ -349,6 +401,15 @@ pub async fn run(opts: Options) -> Result<()> {
     info.cfg.all_signals = u32::from(opts.signals == Signals::All);
     info.cfg.filter_tgid = opts.filter.pid.unwrap_or(0);
     info.cfg.user_stacks = u32::from(opts.user_stacks);
+    if info.tracefs.is_none()
+        && let Err(e) = std::fs::metadata("/sys/kernel/tracing/events")
+        && e.kind() == std::io::ErrorKind::PermissionDenied
+    {
+        log::warn!(
+            "tracefs (/sys/kernel/tracing) is not readable ({e}): run as root or grant CAP_DAC_READ_SEARCH; \
+             without it the classic tracepoints cannot attach (see below for what is lost)"
+        );
+    }
     if let Some(e) = &info.btf_error {
         log::warn!("no kernel BTF ({e}): only the classic tracepoint mode works, without cgroup ids");
     }
@@ -415,7 +476,9 @@ pub async fn run(opts: Options) -> Result<()> {
         mode: report.mode,
         kills: 0,
         ring_lost: 0,
+        ring_reported: 0,
         decode_lost: 0,
+        decode_reported: 0,
     };
     let mut report = report;
     if memcg_watch {
@@ -440,10 +503,9 @@ pub async fn run(opts: Options) -> Result<()> {
         ring_buffer_bytes: opts.ring_size,
         pid: std::process::id(),
     };
-    // Handlers first: `start` tells readers we are ready, and a SIGINT right after it must stop us cleanly.
-    let mut sigint = signal(SignalKind::interrupt()).context("failed to install SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("failed to install SIGTERM handler")?;
-    let mut result = stream.sink.emit("start", Clock::now_boot_ns(), &start, None);
+    stream
+        .sink
+        .emit_control("start", Clock::now_boot_ns(), &start, None);
     if opts.format == Format::Text {
         eprintln!("oomtrace: watching for OOM kills (mode {})", start.attach.mode);
     }
@@ -457,37 +519,84 @@ pub async fn run(opts: Options) -> Result<()> {
     }
     trim_heap();
 
+    // The loop never waits for the output (see output.rs): a stuck reader costs records, counted
+    // in `lost` lines, never the kernel's ring buffer or the handling of SIGTERM.
     let mut tick = tokio::time::interval(DROP_POLL);
-    while result.is_ok() {
+    let early_end = loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("failed to poll the ring buffer")?;
-                result = stream.drain(guard.get_inner_mut()).and_then(|()| stream.check_drops(&drops));
+                stream.drain(guard.get_inner_mut());
+                stream.report_losses(&drops, false);
                 guard.clear_ready();
             }
-            Some(m) = memcg_rx.recv(), if memcg_watch => result = stream.memcg_oom(m),
-            _ = tick.tick() => result = stream.check_drops(&drops),
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            Some(m) = memcg_rx.recv(), if memcg_watch => stream.memcg_oom(m),
+            _ = tick.tick() => {
+                stream.report_losses(&drops, false);
+                if stream.sink.drained_after_filling() {
+                    trim_heap();
+                }
+            }
+            () = writer.resume.notified() => stream.report_losses(&drops, false),
+            r = &mut writer.done => break Some(r.unwrap_or_else(|_| Err(writer_died()))),
+            _ = sigint.recv() => break None,
+            _ = sigterm.recv() => break None,
         }
-    }
-    // Whatever the kernel handed over before the signal is written before exit.
-    if result.is_ok() {
-        result = stream
-            .drain(ring.get_mut())
-            .and_then(|()| stream.check_drops(&drops));
-    }
-    let lost = stream.ring_lost + stream.decode_lost;
-    if result.is_ok() {
-        let stop = Stop {
-            reason: "signal",
-            oom_kills: stream.kills,
-            lost,
-        };
-        result = stream.sink.emit("stop", Clock::now_boot_ns(), &stop, None);
-    }
+    };
+    let result = match early_end {
+        Some(r) => r,
+        None => {
+            // Whatever the kernel handed over before the signal is written before exit.
+            let t = Instant::now();
+            stream.drain(ring.get_mut());
+            stream.report_losses(&drops, true);
+            let stop = Stop {
+                reason: "signal",
+                oom_kills: stream.kills,
+                lost: stream.ring_lost + stream.decode_lost + stream.sink.dropped_total(),
+            };
+            stream
+                .sink
+                .emit_control("stop", Clock::now_boot_ns(), &stop, None);
+            stream.sink.close();
+            let r = flush(&mut writer, &stream.sink, &mut sigint, &mut sigterm).await;
+            log::debug!("output flushed in {:?} after the stop signal", t.elapsed());
+            r
+        }
+    };
     match result {
-        Ok(()) | Err(WriteError::Closed) => Ok(()),
+        Ok(()) => Ok(()),
+        Err(WriteError::Closed) => {
+            log::info!("the output was closed by its reader: stopping");
+            Ok(())
+        }
         Err(WriteError::Failed(e)) => Err(e),
     }
+}
+
+fn writer_died() -> WriteError {
+    WriteError::Failed(anyhow::anyhow!(
+        "the output writer thread died (see the panic above)"
+    ))
+}
+
+/// Waits for the writer to write out the queue, at most [`FLUSH_TIMEOUT`] (or until a second
+/// SIGINT/SIGTERM), so that a reader that stopped reading cannot hold the stop forever.
+async fn flush(
+    writer: &mut Writer,
+    sink: &Sink,
+    sigint: &mut tokio::signal::unix::Signal,
+    sigterm: &mut tokio::signal::unix::Signal,
+) -> Result<(), WriteError> {
+    let why = tokio::select! {
+        r = &mut writer.done => return r.unwrap_or_else(|_| Err(writer_died())),
+        () = tokio::time::sleep(FLUSH_TIMEOUT) => format!("within {} s of the stop signal", FLUSH_TIMEOUT.as_secs()),
+        _ = sigint.recv() => "before a second signal".to_owned(),
+        _ = sigterm.recv() => "before a second signal".to_owned(),
+    };
+    Err(WriteError::Failed(anyhow::anyhow!(
+        "the output did not take the last {} line(s) {why}, the stop record among them: they are lost \
+         (is the reader of the output stuck?)",
+        sink.unwritten()
+    )))
 }

@@ -8,7 +8,11 @@ use std::{
     os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::mpsc::{Receiver, RecvTimeoutError, channel},
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicBool, Ordering},
+        mpsc::{Receiver, RecvTimeoutError, channel},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -245,32 +249,79 @@ pub struct Tracer {
     lines: Receiver<String>,
     pub seen: Vec<Value>,
     stopping: bool,
+    /// While true, the reader thread stops reading stdout (a stalled consumer).
+    paused: Arc<(Mutex<bool>, Condvar)>,
+    stderr: Option<Arc<Mutex<String>>>,
 }
 
 impl Tracer {
     /// Starts oomtrace with `args` after `run` and waits for its `start` record.
     pub fn start(args: &[&str]) -> Self {
+        Self::spawn(args, false)
+    }
+
+    /// Like [`Tracer::start`], with oomtrace's stderr collected (see [`Tracer::stderr`]) instead
+    /// of passed through.
+    pub fn start_capturing_stderr(args: &[&str]) -> Self {
+        Self::spawn(args, true)
+    }
+
+    fn spawn(args: &[&str], capture: bool) -> Self {
         let mut child = Command::new(bin("oomtrace"))
             .arg("run")
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(if capture { Stdio::piped() } else { Stdio::inherit() })
             .spawn()
             .expect("spawn oomtrace");
         let out = child.stdout.take().expect("stdout");
         let (tx, rx) = channel();
+        let paused = Arc::new((Mutex::new(false), Condvar::new()));
+        let gate = paused.clone();
         thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
+            let mut out = BufReader::new(out);
+            loop {
+                {
+                    let (p, cv) = &*gate;
+                    let mut p = p.lock().unwrap();
+                    while *p {
+                        p = cv.wait(p).unwrap();
+                    }
+                }
+                let mut line = String::new();
+                match out.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let line = line.strip_suffix('\n').unwrap_or(&line).to_owned();
+                        if tx.send(line).is_err() {
+                            break;
+                        }
+                    }
                 }
             }
+        });
+        let stderr = capture.then(|| {
+            let buf = Arc::new(Mutex::new(String::new()));
+            let mut err = child.stderr.take().expect("stderr");
+            let b = buf.clone();
+            thread::spawn(move || {
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = std::io::Read::read(&mut err, &mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    b.lock().unwrap().push_str(&String::from_utf8_lossy(&chunk[..n]));
+                }
+            });
+            buf
         });
         let mut t = Tracer {
             child,
             lines: rx,
             seen: Vec::new(),
             stopping: false,
+            paused,
+            stderr,
         };
         let start = t.wait_for(Duration::from_secs(20), |v| v["type"] == "start");
         if start.is_none() {
@@ -334,17 +385,49 @@ impl Tracer {
         self.child.id() as i32
     }
 
+    /// Stops reading oomtrace's stdout: once the pipe is full, its writes block.
+    pub fn pause_reading(&self) {
+        *self.paused.0.lock().unwrap() = true;
+    }
+
+    pub fn resume_reading(&self) {
+        *self.paused.0.lock().unwrap() = false;
+        self.paused.1.notify_all();
+    }
+
+    /// What oomtrace wrote to stderr so far (for [`Tracer::start_capturing_stderr`]).
+    pub fn stderr(&self) -> String {
+        self.stderr
+            .as_ref()
+            .map(|s| s.lock().unwrap().clone())
+            .unwrap_or_default()
+    }
+
+    /// The exit status, if oomtrace has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Sends SIGINT, collects the remaining lines, checks every line against the published JSON
     /// Schema, and returns the exit status and the lines.
-    pub fn stop(mut self) -> (ExitStatus, Vec<Value>) {
+    pub fn stop(self) -> (ExitStatus, Vec<Value>) {
+        self.stop_with(libc::SIGINT).0
+    }
+
+    /// Sends `sig`, collects the remaining lines, checks every line against the published JSON
+    /// Schema; returns the exit status, the lines, and how long oomtrace took to exit.
+    pub fn stop_with(mut self, sig: i32) -> ((ExitStatus, Vec<Value>), Duration) {
+        self.resume_reading();
+        let t = Instant::now();
         // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(self.pid(), libc::SIGINT) };
+        unsafe { libc::kill(self.pid(), sig) };
         self.stopping = true;
         let status = self.child.wait().expect("wait oomtrace");
+        let took = t.elapsed();
         while self.pump(Duration::from_millis(200)) {}
         let lines = std::mem::take(&mut self.seen);
         check_schema(&lines);
-        (status, lines)
+        ((status, lines), took)
     }
 }
 
@@ -352,7 +435,205 @@ impl Drop for Tracer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.resume_reading();
     }
+}
+
+/// OOM kills in a row, from a thread: hogs started one after another in `cg` (8 MiB is a good
+/// limit), each OOM-killed within milliseconds (~60 kills/s on the lab machine).
+pub struct Storm {
+    stop: Arc<AtomicBool>,
+    handle: Option<thread::JoinHandle<Vec<u32>>>,
+}
+
+impl Storm {
+    pub fn start(cg: &TestCgroup) -> Self {
+        Self::start_n(cg, usize::MAX)
+    }
+
+    /// At most `n` kills.
+    pub fn start_n(cg: &TestCgroup, n: usize) -> Self {
+        let dir = cg.dir.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let handle = thread::spawn(move || {
+            let mut pids = Vec::new();
+            while !s.load(Ordering::Relaxed) && pids.len() < n {
+                let mut child = Command::new(bin("oomtrace-hog"))
+                    .arg("--cgroup")
+                    .arg(&dir)
+                    .args(["--step-kb", "4096"])
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("spawn oomtrace-hog");
+                pids.push(child.id());
+                let _ = child.wait();
+            }
+            pids
+        });
+        Self {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stops the storm; returns the pids of the hogs it started.
+    pub fn stop(mut self) -> Vec<u32> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle
+            .take()
+            .map(|h| h.join().expect("storm thread"))
+            .unwrap_or_default()
+    }
+
+    /// Waits for an `n`-kill storm to end.
+    pub fn join(mut self) -> Vec<u32> {
+        self.handle
+            .take()
+            .map(|h| h.join().expect("storm thread"))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Storm {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// `CLOCK_BOOTTIME` in ns: the clock of every record's `boot_ns`.
+pub fn boot_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A field of /proc/<pid>/status in kB (e.g. `VmRSS`, `RssAnon`).
+pub fn status_kb(pid: i32, field: &str) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines().find_map(|l| {
+        l.strip_prefix(field)?
+            .strip_prefix(':')?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// A small tmpfs mounted on a fresh directory, unmounted and removed on drop.
+pub struct Tmpfs {
+    pub dir: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (as `mount -o size=` takes it, e.g. "64k") with extra `options`
+    /// (e.g. "ro"); None if mounting fails (not root).
+    pub fn mount(size: &str, options: &str) -> Option<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "oomtrace-tmpfs-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&dir).ok()?;
+        let mut opts = format!("size={size},mode=0755");
+        if !options.is_empty() {
+            opts.push(',');
+            opts.push_str(options);
+        }
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &opts, "tmpfs"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = fs::remove_dir(&dir);
+            return None;
+        }
+        Some(Self { dir })
+    }
+
+    /// Remounts it read-only or read-write.
+    pub fn remount(&self, options: &str) -> bool {
+        Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(&self.dir)
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+/// Checks that `seq` runs 0, 1, 2, … except for holes each closed by the `lost` line of reason
+/// `output_backpressure` right after it, whose `count` is the hole's width. Returns the holes'
+/// total width.
+pub fn check_seq(lines: &[Value]) -> u64 {
+    assert_eq!(
+        lines.first().map(|l| &l["seq"]),
+        Some(&Value::from(0)),
+        "seq starts at 0"
+    );
+    let mut holes = 0;
+    for w in lines.windows(2) {
+        let (a, b) = (w[0]["seq"].as_u64().unwrap(), w[1]["seq"].as_u64().unwrap());
+        if b != a + 1 {
+            assert!(b > a, "seq goes back: {a} then {b}");
+            assert!(
+                w[1]["type"] == "lost" && w[1]["reason"] == "output_backpressure",
+                "seq jumps from {a} to {b} without an output_backpressure lost line: {}",
+                w[1]
+            );
+            assert_eq!(
+                w[1]["count"].as_u64().unwrap(),
+                b - a - 1,
+                "hole width vs count: {}",
+                w[1]
+            );
+            holes += b - a - 1;
+        } else {
+            assert!(
+                w[1]["reason"] != "output_backpressure",
+                "output_backpressure lost line without a hole before it: {}",
+                w[1]
+            );
+        }
+    }
+    holes
+}
+
+/// Per `lost` reason: the sum of the `count`s, after checking each line's `total` is the running sum.
+pub fn lost_by_reason(lines: &[Value]) -> std::collections::BTreeMap<String, u64> {
+    let mut sums = std::collections::BTreeMap::new();
+    for l in lines.iter().filter(|l| l["type"] == "lost") {
+        let sum = sums.entry(l["reason"].as_str().unwrap().to_owned()).or_insert(0);
+        *sum += l["count"].as_u64().unwrap();
+        assert_eq!(
+            l["total"].as_u64().unwrap(),
+            *sum,
+            "lost total is not the running sum: {l}"
+        );
+    }
+    sums
 }
 
 /// Runs the hog to completion (or death) and returns its exit status.

@@ -33,7 +33,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use protocol::{ATTACH_ENV, MODES, Plan, PlannedTest, Record, Status, TestResult};
+use protocol::{ATTACH_ENV, MODES, Plan, PlannedTest, Record, Status, TestResult, VM_ENV};
 
 // The few libc calls std does not wrap. musl provides them; no libc crate needed.
 unsafe extern "C" {
@@ -60,7 +60,7 @@ const RESULTS_TTY: &str = "/dev/ttyS1";
 const TESTS_DIR: &str = "/tests";
 const OUTPUT_PREFIX: &str = "| ";
 /// A failure message longer than this is cut (the console has all of it).
-const MAX_DETAIL: usize = 1000;
+const MAX_DETAIL: usize = 1500;
 
 fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some("--worker") {
@@ -298,9 +298,10 @@ fn check(rep: &mut Reporter) -> Vec<(String, String)> {
 #[derive(Default)]
 struct Observed {
     skip: Option<String>,
-    panic: Option<String>,
-    /// Set on the line after "panicked at": the message follows its location line.
-    panic_location: Option<String>,
+    /// The first panic's location and message lines.
+    panic: Option<(String, Vec<String>)>,
+    /// Still reading the first panic's message (it ends at a blank or a `note:` line).
+    in_panic: bool,
     attached: BTreeSet<String>,
     passed: u32,
     ignored: u32,
@@ -309,8 +310,15 @@ struct Observed {
 impl Observed {
     fn line(&mut self, line: &str) {
         let line = strip_ansi(line);
-        if let Some(loc) = self.panic_location.take() {
-            self.panic.get_or_insert(format!("{} ({loc})", line.trim()));
+        if self.in_panic {
+            let t = line.trim();
+            if t.is_empty() || t.starts_with("note: ") || t.starts_with("stack backtrace:") || t == "FAILED" {
+                self.in_panic = false;
+            } else if let Some((_, msg)) = &mut self.panic
+                && msg.len() < 8
+            {
+                msg.push(t.to_owned());
+            }
         }
         // With --nocapture the skip line lands after libtest's "test NAME ... ".
         let tail = match line.split_once(" ... ") {
@@ -320,8 +328,11 @@ impl Observed {
         if let Some(reason) = tail.strip_prefix("SKIP ") {
             self.skip.get_or_insert_with(|| reason.trim().to_owned());
         }
-        if let Some((_, loc)) = line.split_once(" panicked at ") {
-            self.panic_location = Some(loc.trim_end_matches(':').to_owned());
+        if self.panic.is_none()
+            && let Some((_, loc)) = line.split_once(" panicked at ")
+        {
+            self.panic = Some((loc.trim_end_matches(':').to_owned(), Vec::new()));
+            self.in_panic = true;
         }
         if let Some((_, rest)) = line.split_once("attached: mode ") {
             let mode = rest
@@ -397,6 +408,7 @@ fn run_test(t: &PlannedTest, timeout: Duration) -> TestResult {
         .env("OOMTRACE_HOG_BIN", "/bin/oomtrace-hog")
         .env("OOMTRACE_KILLER_BIN", "/bin/oomtrace-killer")
         .env(ATTACH_ENV, &t.mode)
+        .env(VM_ENV, "1")
         .env("RUST_LOG_STYLE", "never")
         .env("RUST_BACKTRACE", "0")
         .stdin(Stdio::null())
@@ -469,7 +481,12 @@ fn run_test(t: &PlannedTest, timeout: Duration) -> TestResult {
         }
     }
     result.millis = started.elapsed().as_millis() as u64;
-    seen.panic = seen.panic.map(|p| p.chars().take(MAX_DETAIL).collect());
+    let panic = seen.panic.map(|(loc, msg)| {
+        format!("{} ({loc})", msg.join(" / "))
+            .chars()
+            .take(MAX_DETAIL)
+            .collect::<String>()
+    });
     result.attached = seen.attached.iter().cloned().collect();
     let ok = status.is_some_and(|s| s.success());
     (result.status, result.detail) = if timed_out {
@@ -489,10 +506,63 @@ fn run_test(t: &PlannedTest, timeout: Duration) -> TestResult {
             Some(s) => format!("exit status {}", s.code().unwrap_or(-1)),
             None => "lost track of the test process".to_owned(),
         };
-        (
-            Status::Fail,
-            seen.panic.map_or(how.clone(), |p| format!("{p}; {how}")),
-        )
+        (Status::Fail, panic.map_or(how.clone(), |p| format!("{p}; {how}")))
     };
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn observe(output: &str) -> Observed {
+        let mut o = Observed::default();
+        for line in output.lines() {
+            o.line(line);
+        }
+        o
+    }
+
+    #[test]
+    fn a_skip_after_libtests_test_line_is_seen() {
+        let o = observe(
+            "running 1 test\n\
+             test storm ... SKIP oom_kill:40: needs root\n\
+             ok\n\
+             test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 10 filtered out; finished in 0.01s\n",
+        );
+        assert_eq!(o.skip.as_deref(), Some("oom_kill:40: needs root"));
+        assert_eq!((o.passed, o.ignored), (1, 0));
+    }
+
+    #[test]
+    fn the_first_panic_and_its_message_are_kept() {
+        let o = observe(
+            "test t ... \n\
+             thread 't' (170) panicked at tests/tests/oom_kill.rs:395:9:\n\
+             assertion `left == right` failed\n  left: 1\n right: 2\n\
+             note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n\
+             thread 'u' panicked at elsewhere.rs:1:1:\nsecond\n\
+             FAILED\n",
+        );
+        let (loc, msg) = o.panic.unwrap();
+        assert_eq!(loc, "tests/tests/oom_kill.rs:395:9");
+        assert_eq!(msg, ["assertion `left == right` failed", "left: 1", "right: 2"]);
+    }
+
+    #[test]
+    fn attach_modes_come_from_oomtraces_log_with_or_without_colour() {
+        let o = observe(
+            "test t ... \u{1b}[90m[\u{1b}[0m\u{1b}[32mINFO \u{1b}[0m\u{1b}[90m]\u{1b}[0m attached: mode fentry (oom_kill_process: fentry)\n\
+             [INFO ] attached: mode tp_btf (oom_kill_process: -)\n\
+             [INFO ] attached: mode bogus\n",
+        );
+        assert_eq!(o.attached.into_iter().collect::<Vec<_>>(), ["fentry", "tp_btf"]);
+    }
+
+    #[test]
+    fn ignored_tests_are_counted() {
+        let o = observe("test result: ok. 0 passed; 0 failed; 1 ignored; 0 measured; 3 filtered out\n");
+        assert_eq!((o.passed, o.ignored), (0, 1));
+    }
 }

@@ -38,16 +38,37 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         out: Option<PathBuf>,
     },
-    /// Benchmark oomtrace with real OOM kills in a small memory cgroup (needs root).
+    /// Benchmark oomtrace against bpftrace, kmsg scraping and a C libbpf floor, with real OOM kills
+    /// in a small memory cgroup (needs root).
     ///
-    /// Prints a Markdown table on stdout and writes the raw numbers as JSON.
+    /// Each run measures every contender alone (start-up, then idle RSS and CPU), every contender
+    /// alone on the hook for a storm (eBPF cost, latency), then each storm size with all contenders
+    /// attached at once (delivery, latency). Prints a Markdown table on stdout and writes the raw
+    /// numbers as JSON. The defaults take about 40 minutes; --quick about 4.
     Bench {
-        /// OOM kills per run.
+        /// Runs; every figure is the median over them [default: 5; 3 with --quick].
+        #[arg(long, value_name = "R", value_parser = clap::value_parser!(u32).range(1..))]
+        runs: Option<u32>,
+        /// Sizes of the storms all contenders watch at once (OOM kills), comma-separated; each run
+        /// makes one storm of each size.
+        #[arg(
+            long,
+            value_name = "N,...",
+            value_delimiter = ',',
+            default_values_t = [300, 3000],
+            value_parser = clap::value_parser!(u32).range(1..)
+        )]
+        storms: Vec<u32>,
+        /// OOM kills of the storm each contender watches alone on the hook (eBPF cost, latency).
         #[arg(long, value_name = "N", default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..))]
-        kills: u32,
-        /// Runs, each with a fresh oomtrace and a fresh cgroup.
-        #[arg(long, value_name = "R", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
-        runs: u32,
+        solo_kills: u32,
+        /// Seconds each contender idles alone for the idle RSS and CPU figures.
+        #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+        idle_secs: u64,
+        /// A short run for development: 3 runs, one shared storm of 300 kills, solo storms of 100,
+        /// 5 s idle (overrides --storms, --solo-kills and --idle-secs; not for publishing).
+        #[arg(long)]
+        quick: bool,
         /// Where to write the raw numbers (default: target/bench/bench.json in the workspace).
         #[arg(long, value_name = "PATH")]
         json: Option<PathBuf>,
@@ -77,10 +98,10 @@ enum Command {
         #[arg(long, value_name = "TEXT")]
         filter: Option<String>,
         /// Seconds one boot (all tests of one kernel) may take before the VM is killed.
-        #[arg(long, value_name = "SECS", default_value_t = 2400, value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, value_name = "SECS", default_value_t = 1500, value_parser = clap::value_parser!(u64).range(1..))]
         boot_timeout: u64,
         /// Seconds one test may take inside the VM before it is killed.
-        #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
         test_timeout: u64,
     },
 }
@@ -115,11 +136,20 @@ fn main() -> ExitCode {
     let workspace = workspace();
     let result = match cli.command {
         Command::BuildEbpf { out } => build_ebpf(&workspace, out),
-        Command::Bench { kills, runs, json } => bench::run(
+        Command::Bench {
+            runs,
+            storms,
+            solo_kills,
+            idle_secs,
+            quick,
+            json,
+        } => bench::run(
             &workspace,
             &bench::Options {
-                kills,
-                runs,
+                runs: runs.unwrap_or(if quick { 3 } else { 5 }),
+                storms: if quick { vec![300] } else { storms },
+                solo_kills: if quick { 100 } else { solo_kills },
+                idle: Duration::from_secs(if quick { 5 } else { idle_secs }),
                 json: json.unwrap_or_else(|| workspace.join("target").join("bench").join("bench.json")),
             },
         ),

@@ -9,7 +9,7 @@
 //!   --hold          after reaching --mb, write "ready" to --ready (if given) and sleep until killed
 //!   --thp           allocate from one anonymous mapping with MADV_HUGEPAGE (2 MiB huge pages)
 //!   --reserve-mb N  first map N MiB without touching it (virtual size far above resident)
-use std::{env, fs, process::ExitCode, thread, time::Duration};
+use std::{env, ffi::OsString, fs, path::Path, process::ExitCode, thread, time::Duration};
 
 /// One big anonymous mapping, touched page by page from the start.
 struct Arena {
@@ -71,14 +71,19 @@ fn grow_buffer(arena: &mut Option<Arena>, held: &mut Vec<Vec<u8>>, step: usize) 
 }
 
 fn main() -> ExitCode {
-    let mut args = env::args().skip(1);
+    // Arguments as bytes: a cgroup directory's name need not be UTF-8 (tests use such names).
+    let mut args = env::args_os().skip(1);
     let (mut cgroup, mut adj, mut mb, mut step_kb, mut ready, mut hold) =
-        (None, None, None, 1024usize, None, false);
+        (None::<OsString>, None, None, 1024usize, None, false);
     let (mut thp, mut reserve_mb) = (false, 0usize);
     while let Some(a) = args.next() {
-        let mut val = || args.next().expect("flag needs a value");
-        match a.as_str() {
-            "--cgroup" => cgroup = Some(val()),
+        let mut raw = || args.next().expect("flag needs a value");
+        if a == "--cgroup" {
+            cgroup = Some(raw());
+            continue;
+        }
+        let mut val = || raw().into_string().expect("flag value is not UTF-8");
+        match a.to_string_lossy().as_ref() {
             "--adj" => adj = Some(val()),
             "--mb" => mb = Some(val().parse::<usize>().expect("--mb")),
             "--step-kb" => step_kb = val().parse().expect("--step-kb"),
@@ -93,7 +98,11 @@ fn main() -> ExitCode {
         }
     }
     if let Some(dir) = cgroup {
-        fs::write(format!("{dir}/cgroup.procs"), std::process::id().to_string()).expect("join cgroup");
+        fs::write(
+            Path::new(&dir).join("cgroup.procs"),
+            std::process::id().to_string(),
+        )
+        .expect("join cgroup");
     }
     if let Some(adj) = adj {
         fs::write("/proc/self/oom_score_adj", adj).expect("set oom_score_adj");

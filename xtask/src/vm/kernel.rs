@@ -126,7 +126,7 @@ fn fetch(pin: &Pin, dir: &Path) -> Result<PathBuf> {
              (apt-get download said: {said}).\n\
              Debian drops superseded kernels from its archive. To move the pin, in xtask/src/vm/kernel.rs \
              (KERNELS) put the current package, version and sha256:\n  \
-             apt-get update && apt-cache search --names-only '^linux-image-{name}[.0-9+-]*-cloud-amd64$'\n  \
+             apt-get update && apt-cache search --names-only '^linux-image-{name}[.+-].*cloud-amd64$'\n  \
              apt-get -o APT::Sandbox::User=root download PACKAGE=VERSION && sha256sum PACKAGE_*.deb\n\
              (The old file stays on https://snapshot.debian.org/ if you need exactly that kernel.)",
             name = pin.name.replace('.', "\\."),

@@ -25,6 +25,10 @@ pub const MODES: [&str; 4] = ["fentry", "kprobe", "tp_btf", "tracepoint"];
 /// start `oomtrace run` without `--attach` are expected to pass it on.
 pub const ATTACH_ENV: &str = "OOMTRACE_TEST_ATTACH";
 
+/// Environment variable the guest sets (to `1`) for every test: tests that must only ever run
+/// inside a throw-away VM (a global OOM) look for it.
+pub const VM_ENV: &str = "OOMTRACE_VM";
+
 /// Kernel log text that means the kernel itself went wrong. Any of these fails the boot.
 pub const KERNEL_ERRORS: [&str; 8] = [
     "Oops",
@@ -298,6 +302,13 @@ mod tests {
         assert_eq!(Record::parse("[   3.1] OOMTRACE-VM\tdone\t1"), None);
         assert_eq!(Record::parse("OOMTRACE-VM\tdone\tmany"), None);
         assert_eq!(Record::parse("OOMTRACE-VM\tresult\ta\tb\tc\tmaybe\t1\t\t"), None);
+    }
+
+    #[test]
+    fn guest_environment_is_the_harness_namespace() {
+        for var in [ATTACH_ENV, VM_ENV] {
+            assert!(var.starts_with("OOMTRACE_"), "{var}");
+        }
     }
 
     #[test]
