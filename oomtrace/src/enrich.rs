@@ -192,8 +192,8 @@ impl Enricher {
                     id: e.memcg_id,
                     path: self.cgroups.path(e.memcg_id),
                     source: "oom_control",
-                    limit_bytes: lvl.map(|l| l.max_pages * page),
-                    usage_bytes: lvl.map(|l| l.usage_pages * page),
+                    limit_bytes: lvl.map(|l| l.max_pages.saturating_mul(page)),
+                    usage_bytes: lvl.map(|l| l.usage_pages.saturating_mul(page)),
                     memory: oom_memory.clone(),
                 }
             });
@@ -207,12 +207,16 @@ impl Enricher {
                         id: l.id,
                         path: self.cgroups.path(l.id),
                         source: "inferred",
-                        limit_bytes: Some(l.max_pages * page),
-                        usage_bytes: Some(l.usage_pages * page),
+                        limit_bytes: Some(l.max_pages.saturating_mul(page)),
+                        usage_bytes: Some(l.usage_pages.saturating_mul(page)),
                         memory: oom_memory.clone(),
                     };
                     // mem_cgroup_get_max(): the limit plus the swap it may use (mm/memcontrol.c v6.18).
-                    (Some(memcg), "memcg", Some(l.max_pages + self.machine.swap_pages))
+                    (
+                        Some(memcg),
+                        "memcg",
+                        Some(l.max_pages.saturating_add(self.machine.swap_pages)),
+                    )
                 }
                 None => (
                     None,
@@ -247,10 +251,15 @@ impl Enricher {
             match (mm, has(flags::VICTIM_SCORE_ADJ), totalpages) {
                 (Some(m), true, Some(total)) if from_btf => {
                     inferred.push("victim.points");
-                    let kb_per_page = page / 1024;
-                    let pages = (m.anon_rss_kb + m.file_rss_kb + m.shmem_rss_kb + m.swap_kb) / kb_per_page
-                        + m.pgtables_kb * 1024 / page;
-                    Some(pages as i64 + i64::from(rec.victim_oom_score_adj) * (total / 1000) as i64)
+                    // Saturating: a corrupt record must give a wrong number at worst, never a panic.
+                    let kb_per_page = (page / 1024).max(1);
+                    let rss_kb = [m.anon_rss_kb, m.file_rss_kb, m.shmem_rss_kb, m.swap_kb]
+                        .iter()
+                        .fold(0u64, |a, b| a.saturating_add(*b));
+                    let pages = (rss_kb / kb_per_page)
+                        .saturating_add(m.pgtables_kb.saturating_mul(1024) / page.max(1));
+                    let adj = i64::from(rec.victim_oom_score_adj).saturating_mul((total / 1000) as i64);
+                    Some((pages as i64).saturating_add(adj))
                 }
                 _ => None,
             }
@@ -271,7 +280,10 @@ impl Enricher {
             hiwater_rss_kb: mm.filter(|_| from_btf).map(hiwater_kb),
             cgroup: victim_cgroup,
             mm: mm.map(|m| {
-                let rss = m.anon_rss_kb + m.file_rss_kb + m.shmem_rss_kb;
+                let rss = m
+                    .anon_rss_kb
+                    .saturating_add(m.file_rss_kb)
+                    .saturating_add(m.shmem_rss_kb);
                 event::VictimMm {
                     total_vm_kb: m.total_vm_kb,
                     hiwater_rss_kb: from_btf.then(|| hiwater_kb(m)),
@@ -440,8 +452,11 @@ pub fn classify(stack: &[String], order: Option<i32>) -> (&'static str, Option<&
 /// `mm->hiwater_rss` is only updated lazily (on unmap, exit); the peak is at least the current
 /// rss — what get_mm_hiwater_rss() computes (include/linux/mm.h, v6.18).
 fn hiwater_kb(m: &oomtrace_common::MmCounters) -> u64 {
-    m.hiwater_rss_kb
-        .max(m.anon_rss_kb + m.file_rss_kb + m.shmem_rss_kb)
+    m.hiwater_rss_kb.max(
+        m.anon_rss_kb
+            .saturating_add(m.file_rss_kb)
+            .saturating_add(m.shmem_rss_kb),
+    )
 }
 
 /// Tgid of a live thread, from /proc/<tid>/status.

@@ -157,7 +157,8 @@ pub struct OomKill {
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Lost {
-    /// `ring_buffer_full` (the kernel could not reserve room) or `decode_error`.
+    /// `ring_buffer_full` (the kernel could not reserve room), `decode_error`, or
+    /// `output_backpressure` (the output did not keep up; `count` is the seq hole before this line).
     pub reason: &'static str,
     /// Records lost since the previous `lost` line of this reason.
     pub count: u64,
