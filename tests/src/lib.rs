@@ -56,6 +56,14 @@ pub fn skip_note(module: &str, line: u32, why: &dyn std::fmt::Display) {
 }
 
 /// Path of a binary built in this workspace's target dir (next to the test executable).
+/// The attach mode under test (`OOMTRACE_TEST_ATTACH`, set by `cargo xtask vm-test` for each of
+/// its passes), or `None`: each test's default mode.
+pub fn attach_under_test() -> Option<String> {
+    std::env::var("OOMTRACE_TEST_ATTACH")
+        .ok()
+        .filter(|m| !m.is_empty())
+}
+
 pub fn bin(name: &str) -> PathBuf {
     if let Some(p) = std::env::var_os(format!("{}_BIN", name.to_uppercase().replace('-', "_"))) {
         return PathBuf::from(p);
@@ -157,6 +165,12 @@ impl TestCgroup {
             std::process::id(),
             COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
+        if version == 2
+            && let Some(p) = parent
+        {
+            // v2 hands a controller to children only if the parent enables it for them.
+            p.write("cgroup.subtree_control", "+memory");
+        }
         let path = format!("{}/{unique}", base.trim_end_matches('/'));
         let dir = mount.join(path.trim_start_matches('/'));
         fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
@@ -267,8 +281,13 @@ impl Tracer {
     }
 
     fn spawn(args: &[&str], capture: bool) -> Self {
+        let forced: Vec<String> = match attach_under_test() {
+            Some(m) if !args.contains(&"--attach") => vec!["--attach".into(), m],
+            _ => Vec::new(),
+        };
         let mut child = Command::new(bin("oomtrace"))
             .arg("run")
+            .args(&forced)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(if capture { Stdio::piped() } else { Stdio::inherit() })

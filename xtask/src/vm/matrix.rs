@@ -163,11 +163,11 @@ pub fn render(kernels: &[KernelOutcome], modes: &[&str]) -> Matrix {
                     }
                     Cell::Skip(why) => {
                         m.skipped += 1;
-                        format!("skip [{}]", notes.mark(format!("skipped: {}", cut(&why, 300))))
+                        format!("skip [{}]", notes.mark(format!("skipped: {}", cut(&why, 200))))
                     }
                     Cell::Fail(why) => {
                         m.failed += 1;
-                        format!("**FAIL** [{}]", notes.mark(format!("failed: {}", cut(&why, 500))))
+                        format!("**FAIL** [{}]", notes.mark(format!("failed: {}", cut(&why, 200))))
                     }
                 };
                 let _ = write!(out, " {text} |");
