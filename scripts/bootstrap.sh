@@ -17,39 +17,28 @@ say() { printf 'bootstrap: %s\n' "$*" >&2; }
 
 if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
 
-missing=()
-for p in "${APT_PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  say "installing Debian packages: ${missing[*]}"
+# apt_ensure WHAT [apt-get install options --] PKG...: installs the packages that are missing.
+apt_ensure() {
+  local what=$1; shift
+  local opts=()
+  if [ "${1:-}" = "--no-install-recommends" ]; then opts+=("$1"); shift; fi
+  local missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [ "${#missing[@]}" -gt 0 ] || return 0
+  say "installing Debian packages $what: ${missing[*]}"
   $SUDO apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${opts[@]}" "${missing[@]}" >/dev/null
+}
 
-vm_missing=()
-for p in "${VM_APT_PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || vm_missing+=("$p")
-done
-if [ "${#vm_missing[@]}" -gt 0 ]; then
-  say "installing Debian packages for the VM tests: ${vm_missing[*]}"
-  $SUDO apt-get update -qq >/dev/null
-  # Without recommends: qemu's GUI, OVMF and block drivers are not needed for a serial-only guest.
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${vm_missing[@]}" >/dev/null
-fi
-
+apt_ensure "for the build" "${APT_PKGS[@]}"
+# Without recommends: qemu's GUI, OVMF and block drivers are not needed for a serial-only guest.
+apt_ensure "for the VM tests" --no-install-recommends "${VM_APT_PKGS[@]}"
 # `cargo xtask bench`: the contenders oomtrace is measured against (bench/): Debian's bpftrace, and
 # clang, libbpf-dev and bpftool to build the C floor against the running kernel's BTF.
 BENCH_APT_PKGS=(bpftrace clang libbpf-dev bpftool)
-bench_missing=()
-for p in "${BENCH_APT_PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || bench_missing+=("$p")
-done
-if [ "${#bench_missing[@]}" -gt 0 ]; then
-  say "installing Debian packages for the benchmark: ${bench_missing[*]}"
-  $SUDO apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${bench_missing[@]}" >/dev/null
-fi
+apt_ensure "for the benchmark" "${BENCH_APT_PKGS[@]}"
 
 if ! command -v rustup >/dev/null 2>&1; then
   say "rustup not found: install it from your distribution (Debian: apt-get install rustup) and re-run"
