@@ -352,11 +352,14 @@ pub struct Config {
     pub memcg_swap: u32,
     /// Capture the trigger's user stack (1) or not (0, --no-user-stacks).
     pub user_stacks: u32,
+    /// tracepoint task:task_newtask `pid` and `clone_flags` (low 32 bits: CLONE_THREAD is bit 16)
+    pub tp_nt_pid: u32,
+    pub tp_nt_clone_flags: u32,
     pub _pad: u32,
     /// `pid` in the oom:*_reaping / wake_reaper records (one event class).
     pub tp_reap_pid: u32,
 }
-const _: () = assert!(size_of::<Config>() == 68 * 4);
+const _: () = assert!(size_of::<Config>() == 70 * 4);
 
 impl Config {
     /// Every offset absent: the programs read nothing until the loader fills it in.
@@ -428,6 +431,8 @@ impl Config {
         page_counter_watermark: ABSENT,
         memcg_swap: ABSENT,
         user_stacks: 1,
+        tp_nt_pid: ABSENT,
+        tp_nt_clone_flags: ABSENT,
         _pad: 0,
     };
 }

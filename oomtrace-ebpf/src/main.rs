@@ -4,6 +4,7 @@
 //! - `reaper.rs`: the OOM reaper's progress on each victim.
 //! - `reclaim.rs`: the trigger's latest reclaim attempt, for gfp/order on tracepoint-only kernels.
 //! - `whodunit.rs`: every SIGKILL generated and every process that died of one.
+//! - `tgids.rs`: thread id → process id for the classic tracepoints that only name a thread.
 //! - `kernel.rs`: reading kernel structs at offsets the loader resolved from BTF.
 #![no_std]
 #![no_main]
@@ -13,6 +14,7 @@ mod mark_victim;
 mod oom_control;
 mod reaper;
 mod reclaim;
+mod tgids;
 mod whodunit;
 
 use aya_ebpf::{

@@ -25,6 +25,7 @@ const BPF_F_USER_BUILD_ID: u64 = 1 << 11;
 use crate::{
     EVENTS, OOM_CONTROL, RECLAIM, cfg, count_drop,
     kernel::{memcg_levels, mm_counters, read, read_ptr, task_comm, task_ids, task_memcg},
+    tgids::tgid_of,
 };
 
 /// How old a stashed oom_control / reclaim record may be and still describe this kill.
@@ -62,6 +63,8 @@ pub fn mark_victim_tp(ctx: TracePointContext) -> u32 {
             // Same task: everything the trigger has is the victim's too.
             rec.victim = rec.trigger;
             rec.flags |= flags::VICTIM_MEMCG;
+        } else {
+            rec.victim.tgid = tgid_of(rec.victim.tid);
         }
         let comm_loc = cfg!(tp_mv_comm);
         if let Some(loc) = read::<u32>(tp, comm_loc) {

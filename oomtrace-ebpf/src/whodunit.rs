@@ -22,6 +22,7 @@ use oomtrace_common::{ABSENT, Exit, RecordKind, Signal, VictimSource, drop_reaso
 use crate::{
     EVENTS, cfg, count_drop,
     kernel::{read, read_ptr, task_comm, task_ids},
+    tgids::tgid_of,
 };
 
 const SIGKILL: i32 = 9;
@@ -82,8 +83,9 @@ pub fn signal_generate_tp(ctx: TracePointContext) -> u32 {
     let group = read::<i32>(tp, cfg!(tp_sig_group)).unwrap_or(0);
     let result = read::<i32>(tp, cfg!(tp_sig_result)).unwrap_or(0);
     emit_signal(sig, code, group, result, VictimSource::Tracepoint, |s| {
-        // The record names the target thread only.
+        // The record names the target thread only; its process comes from the tid map.
         s.target.tid = read::<i32>(tp, cfg!(tp_sig_pid)).unwrap_or(0) as u32;
+        s.target.tgid = tgid_of(s.target.tid);
         if let Some(c) = read::<[u8; 16]>(tp, cfg!(tp_sig_comm)) {
             s.target.comm = c;
         }

@@ -460,7 +460,7 @@ fn hiwater_kb(m: &oomtrace_common::MmCounters) -> u64 {
 }
 
 /// Tgid of a live thread, from /proc/<tid>/status.
-fn tgid_of(tid: u32) -> Option<u32> {
+pub(crate) fn tgid_of(tid: u32) -> Option<u32> {
     let s = fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
     s.lines()
         .find_map(|l| l.strip_prefix("Tgid:")?.trim().parse().ok())

@@ -45,6 +45,8 @@ pub struct AttachReport {
     pub memcg_oom: Option<&'static str>,
     /// How the OOM reaper tracepoints are hooked (`tracepoint`), or null.
     pub oom_reaper: Option<&'static str>,
+    /// `tracepoint` when task:task_newtask keeps the tid → pid map the classic tracepoints need.
+    pub task_newtask: Option<&'static str>,
     /// Why each better mode was not used.
     pub fallbacks: Vec<String>,
 }

@@ -179,6 +179,19 @@ pub fn from_process_exit(fmt: &Format, cfg: &mut Config) {
         .map_or(ABSENT, |f| f.offset);
 }
 
+/// Record layout of `task:task_newtask`: the new task's pid and its clone flags (u64 since 6.x,
+/// `unsigned long` before: 4 or 8 bytes, read as the low 32 bits).
+pub fn from_task_newtask(fmt: &Format, cfg: &mut Config) {
+    cfg.tp_nt_pid = fmt
+        .field("pid")
+        .filter(|f| f.size == 4)
+        .map_or(ABSENT, |f| f.offset);
+    cfg.tp_nt_clone_flags = fmt
+        .field("clone_flags")
+        .filter(|f| f.size == 4 || f.size == 8)
+        .map_or(ABSENT, |f| f.offset);
+}
+
 /// Record layout of the oom:*reap* tracepoints (one event class: just the pid).
 pub fn from_reaper(fmt: &Format, cfg: &mut Config) {
     cfg.tp_reap_pid = fmt

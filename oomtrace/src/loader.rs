@@ -98,6 +98,9 @@ impl KernelInfo {
         if let Some(f) = read("oom", "start_task_reaping") {
             layout::from_reaper(&f, &mut cfg);
         }
+        if let Some(f) = read("task", "task_newtask") {
+            layout::from_task_newtask(&f, &mut cfg);
+        }
         let exit_format = read("sched", "sched_process_exit");
         if let Some(f) = &exit_format {
             layout::from_process_exit(f, &mut cfg);
@@ -145,11 +148,16 @@ fn short(e: &dyn fmt::Display) -> String {
     }
 }
 
-pub fn load(info: &KernelInfo, ring_bytes: u32) -> Result<Ebpf> {
+/// Threads the tid → tgid map of the classic tracepoints holds (LRU; ~64 bytes of kernel memory
+/// each). A miss falls back to /proc, which still answers while the thread lives.
+const TGID_MAP_ENTRIES: u32 = 32_768;
+
+pub fn load(info: &KernelInfo, ring_bytes: u32, classic: bool) -> Result<Ebpf> {
     let t = Instant::now();
     let ebpf = EbpfLoader::new()
         .override_global("CONFIG", &info.cfg, true)
         .map_max_entries("EVENTS", ring_bytes)
+        .map_max_entries("TGIDS", if classic { TGID_MAP_ENTRIES } else { 1 })
         .load(EBPF_OBJECT)
         .context("failed to load the eBPF object (maps)")?;
     log::debug!("object loaded in {:?}", t.elapsed());
@@ -158,7 +166,10 @@ pub fn load(info: &KernelInfo, ring_bytes: u32) -> Result<Ebpf> {
 
 /// Attaches every hook in the best mode `want` allows, recording why better modes failed.
 pub fn attach(info: &KernelInfo, want: AttachMode, ring_bytes: u32) -> Result<Attached> {
-    let mut ebpf = load(info, ring_bytes)?;
+    // Classic tracepoints are the last resort; the tid map they need is only worth its kernel
+    // memory when they are asked for or nothing better can work.
+    let classic_expected = want == AttachMode::Tracepoint || info.btf.is_none();
+    let mut ebpf = load(info, ring_bytes, classic_expected)?;
     let mut report = AttachReport::default();
     let aya_btf = if info.btf.is_some() && want != AttachMode::Tracepoint {
         let t = Instant::now();
@@ -302,7 +313,23 @@ pub fn attach(info: &KernelInfo, want: AttachMode, ring_bytes: u32) -> Result<At
         Ok(()) => report.process_exit = Some("tracepoint"),
         Err(e) => log::warn!("exit records and kill verdicts are off: {}", short(&e)),
     }
-    // 5. The OOM reaper's progress (optional).
+    // 5. Classic tracepoints name a task by its thread id only: map threads to processes.
+    if report.mark_victim == "tracepoint" || report.signal_generate == Some("tracepoint") {
+        if !classic_expected {
+            log::debug!("classic tracepoints without a sized tid map: pids come from /proc only");
+        }
+        match track_tgids(&mut ebpf, info) {
+            Ok(n) => {
+                report.task_newtask = Some("tracepoint");
+                log::debug!("tid map seeded with {n} threads from /proc");
+            }
+            Err(e) => log::warn!(
+                "the pid of a signal's target or an OOM victim that already exited will be unknown: {}",
+                short(&e)
+            ),
+        }
+    }
+    // 6. The OOM reaper's progress (optional).
     if info.cfg.tp_reap_pid != oomtrace_common::ABSENT {
         let r = [
             "wake_reaper",
@@ -358,6 +385,44 @@ fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) ->
     p.load().map_err(verifier_hint)?;
     p.attach(category, name)?;
     Ok(())
+}
+
+/// Attaches task:task_newtask, then seeds the tid → tgid map with the threads that existed before
+/// (in that order, so no thread falls between the two). Returns how many were seeded.
+fn track_tgids(ebpf: &mut Ebpf, info: &KernelInfo) -> Result<usize> {
+    if info.cfg.tp_nt_pid == oomtrace_common::ABSENT || info.cfg.tp_nt_clone_flags == oomtrace_common::ABSENT
+    {
+        bail!("no task:task_newtask in tracefs");
+    }
+    attach_tracepoint(ebpf, "task_newtask", "task", "task_newtask")?;
+    let mut map: aya::maps::HashMap<_, u32, u32> =
+        aya::maps::HashMap::try_from(ebpf.map_mut("TGIDS").context("TGIDS map missing")?)?;
+    let mut n = 0;
+    for (tid, tgid) in proc_threads() {
+        // BPF_NOEXIST: a thread task_newtask has seen since is newer than what /proc said.
+        if map.insert(&tid, &tgid, 1).is_ok() {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Every (tid, tgid) in /proc.
+fn proc_threads() -> impl Iterator<Item = (u32, u32)> {
+    fn numeric(e: std::fs::DirEntry) -> Option<u32> {
+        e.file_name().to_str()?.parse().ok()
+    }
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().and_then(numeric))
+        .flat_map(move |tgid| {
+            std::fs::read_dir(format!("/proc/{tgid}/task"))
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok().and_then(numeric))
+                .map(move |tid| (tid, tgid))
+        })
 }
 
 /// Keeps aya's error but logs the verifier's full output at debug level.

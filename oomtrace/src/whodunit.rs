@@ -213,7 +213,12 @@ impl Whodunit {
             cmdline,
         };
         let t = &rec.target;
-        let target_tgid = (t.tgid != 0).then_some(t.tgid);
+        // Classic tracepoint and a thread the tid map missed: /proc, while the thread lives.
+        let target_tgid = if t.tgid != 0 {
+            Some(t.tgid)
+        } else {
+            crate::enrich::tgid_of(t.tid)
+        };
         let target = Process {
             pid: target_tgid,
             tid: t.tid,

@@ -220,11 +220,15 @@ fn trigger_and_victim_differ() {
             thread::sleep(Duration::from_millis(10));
         }
         assert!(std::path::Path::new(&ready).exists(), "victim never got ready");
-        // The trigger: oom_score_adj 0 (lowering it needs CAP_SYS_RESOURCE), asks for 40 MiB more than fits.
+        // The trigger: oom_score_adj 0 (lowering it needs CAP_SYS_RESOURCE), asks for 40 MiB more
+        // than fits. The kernel may OOM again before the dead victim's pages are uncharged and
+        // kill the trigger too (seen on 6.18: the trigger killed 3 ms after the victim); then
+        // there are two kills, and two records.
         let trigger = run_hog(&["--cgroup", &dir, "--mb", "40"]);
+        let trigger_killed = trigger.signal() == Some(9);
         assert!(
-            trigger.success(),
-            "the trigger should survive and finish: {trigger:?}"
+            trigger.success() || trigger_killed,
+            "the trigger should finish or be OOM-killed: {trigger:?}"
         );
         let vstatus = victim.wait().unwrap();
         assert_eq!(
@@ -238,11 +242,13 @@ fn trigger_and_victim_differ() {
                 v["type"] == "oom_kill" && v["victim"]["tid"] == vpid
             })
             .unwrap_or_else(|| panic!("no record for victim {vpid} in mode {mode}"));
-        // The classic record names only the thread; its tgid is looked up in procfs while it lasts.
+        // The classic record names only the thread; its tgid comes from the task_newtask map, or
+        // from procfs while the victim lasts when that map could not be kept.
         let p = &rec["victim"]["pid"];
+        let tid_map = tracer.seen[0]["attach"]["task_newtask"] == "tracepoint";
         assert!(
-            *p == vpid || (mode == "tracepoint" && p.is_null()),
-            "victim pid {p}, want {vpid}"
+            *p == vpid || (mode == "tracepoint" && !tid_map && p.is_null()),
+            "victim pid {p}, want {vpid} (tid map: {tid_map})"
         );
         let (_, lines) = tracer.stop();
         let _ = std::fs::remove_file(&ready);
@@ -268,8 +274,12 @@ fn trigger_and_victim_differ() {
             .iter()
             .filter(|l| l["type"] == "oom_kill" && l["oom_memcg"]["id"] == id)
             .count();
-        assert_eq!(n, 1, "one kill in the cgroup, one record");
-        assert_eq!(cg.oom_kills(), 1);
+        assert_eq!(
+            n,
+            1 + usize::from(trigger_killed),
+            "one record per kill in the cgroup"
+        );
+        assert_eq!(cg.oom_kills(), n as u64);
     }
 }
 
