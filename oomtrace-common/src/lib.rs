@@ -72,6 +72,9 @@ pub mod flags {
     pub const VICTIM_UID: u32 = 1 << 4;
     /// The victim's oom_score_adj is known.
     pub const VICTIM_SCORE_ADJ: u32 = 1 << 5;
+    /// `victim_mm` was read from the victim's `mm_struct` (every counter, swap and hiwater too),
+    /// not copied from a classic tracepoint record (which has no swap or hiwater).
+    pub const VICTIM_MM_TASK: u32 = 1 << 6;
     /// `reclaim.kind` values.
     pub const RECLAIM_MEMCG: u32 = 1;
     pub const RECLAIM_DIRECT: u32 = 2;

@@ -7,7 +7,7 @@
 use aya_ebpf::{
     EbpfContext,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
         bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str_bytes, generated::bpf_get_stack,
     },
     macros::{btf_tracepoint, tracepoint},
@@ -42,7 +42,7 @@ pub fn mark_victim_btf(ctx: BtfTracePointContext) -> u32 {
         rec.victim_uid = uid;
         rec.flags |= flags::VICTIM_UID | flags::VICTIM_MEMCG;
         if mm_counters(victim, &mut rec.victim_mm) {
-            rec.flags |= flags::VICTIM_MM;
+            rec.flags |= flags::VICTIM_MM | flags::VICTIM_MM_TASK;
         }
         let signal = read_ptr(victim, cfg!(task_signal));
         if let Some(adj) = read::<i16>(signal, cfg!(signal_oom_score_adj)) {
@@ -90,6 +90,26 @@ pub fn mark_victim_tp(ctx: TracePointContext) -> u32 {
             m.shmem_rss_kb = read::<u64>(tp, cfg!(tp_mv_shmem_rss)).unwrap_or(0);
             m.pgtables_kb = read::<u64>(tp, cfg!(tp_mv_pgtables)).unwrap_or(0);
             rec.flags |= flags::VICTIM_MM;
+        } else if rec.victim.tid == rec.trigger.tid {
+            // Before 6.8 the record has only the pid; when the victim is the trigger it is
+            // `current`, whose task_struct we may read (offsets from BTF, when there is BTF).
+            // SAFETY: the running task, only read through probe reads.
+            let current = unsafe { bpf_get_current_task() } as *const u8;
+            if mm_counters(current, &mut rec.victim_mm) {
+                rec.flags |= flags::VICTIM_MM | flags::VICTIM_MM_TASK;
+            }
+            if rec.flags & flags::VICTIM_SCORE_ADJ == 0 {
+                let signal = read_ptr(current, cfg!(task_signal));
+                if let Some(adj) = read::<i16>(signal, cfg!(signal_oom_score_adj)) {
+                    rec.victim_oom_score_adj = i32::from(adj);
+                    rec.flags |= flags::VICTIM_SCORE_ADJ;
+                }
+            }
+            if rec.flags & flags::VICTIM_UID == 0 {
+                // The real uid, as task_uid() gives the tracepoint (both from_kuid(&init_user_ns)).
+                rec.victim_uid = bpf_get_current_uid_gid() as u32;
+                rec.flags |= flags::VICTIM_UID;
+            }
         }
     });
     0

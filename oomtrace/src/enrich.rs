@@ -229,7 +229,9 @@ impl Enricher {
         // Victim.
         let v = &rec.victim;
         let mm = has(flags::VICTIM_MM).then_some(&rec.victim_mm);
-        let from_btf = rec.victim_source == VictimSource::TpBtf as u8;
+        // Every counter (swap, hiwater too) was read from the victim's mm_struct: always with
+        // tp_btf, and with the classic tracepoint when the victim was the trigger.
+        let full_mm = has(flags::VICTIM_MM_TASK) || rec.victim_source == VictimSource::TpBtf as u8;
         let victim_tgid = if v.tgid != 0 { Some(v.tgid) } else { tgid_of(v.tid) };
         let victim_cgroup = if has(flags::VICTIM_MEMCG) {
             self.cgroup(v.memcg_id, victim_tgid.unwrap_or(0))
@@ -249,7 +251,7 @@ impl Enricher {
             // oom_badness(): rss + swap + page tables (in pages) + oom_score_adj * totalpages / 1000
             // (mm/oom_kill.c, v6.18).
             match (mm, has(flags::VICTIM_SCORE_ADJ), totalpages) {
-                (Some(m), true, Some(total)) if from_btf => {
+                (Some(m), true, Some(total)) if full_mm => {
                     inferred.push("victim.points");
                     // Saturating: a corrupt record must give a wrong number at worst, never a panic.
                     let kb_per_page = (page / 1024).max(1);
@@ -276,8 +278,8 @@ impl Enricher {
             file_rss_kb: mm.map(|m| m.file_rss_kb),
             shmem_rss_kb: mm.map(|m| m.shmem_rss_kb),
             pgtables_kb: mm.map(|m| m.pgtables_kb),
-            swap_kb: mm.filter(|_| from_btf).map(|m| m.swap_kb),
-            hiwater_rss_kb: mm.filter(|_| from_btf).map(hiwater_kb),
+            swap_kb: mm.filter(|_| full_mm).map(|m| m.swap_kb),
+            hiwater_rss_kb: mm.filter(|_| full_mm).map(hiwater_kb),
             cgroup: victim_cgroup,
             mm: mm.map(|m| {
                 let rss = m
@@ -286,11 +288,11 @@ impl Enricher {
                     .saturating_add(m.shmem_rss_kb);
                 event::VictimMm {
                     total_vm_kb: m.total_vm_kb,
-                    hiwater_rss_kb: from_btf.then(|| hiwater_kb(m)),
+                    hiwater_rss_kb: full_mm.then(|| hiwater_kb(m)),
                     anon_rss_kb: m.anon_rss_kb,
                     file_rss_kb: m.file_rss_kb,
                     shmem_rss_kb: m.shmem_rss_kb,
-                    swap_kb: from_btf.then_some(m.swap_kb),
+                    swap_kb: full_mm.then_some(m.swap_kb),
                     pgtables_kb: m.pgtables_kb,
                     anon_thp_kb,
                     overcommit_ratio: (rss > 0)

@@ -268,7 +268,19 @@ fn trigger_and_victim_differ() {
         }
         assert_eq!(rec["oom_memcg"]["path"], cg.path.as_str());
         let killed = killed_line(vpid).expect("kernel kill line");
-        assert_eq!(num(&rec["victim"]["anon_rss_kb"]).to_string(), killed["anon-rss"]);
+        let (ours, kernels) = (num(&rec["victim"]["anon_rss_kb"]), num_str(&killed["anon-rss"]));
+        if split_rss_counting() {
+            // Before 6.2 each task caches up to TASK_RSS_EVENTS_THRESH (64) page-count changes
+            // and folds them into the mm when it exits (sync_mm_rss(), mm/memory.c v6.1): the
+            // victim, running its exit on another CPU, may fold them between mark_victim and the
+            // kernel's "Killed process" line. Seen once: 16 kB apart.
+            assert!(
+                ours.abs_diff(kernels) <= 64 * 4,
+                "anon_rss_kb {ours} vs kernel {kernels}"
+            );
+        } else {
+            assert_eq!(ours, kernels, "anon_rss_kb");
+        }
         let id = cg.inode();
         let n = lines
             .iter()
@@ -281,6 +293,18 @@ fn trigger_and_victim_differ() {
         );
         assert_eq!(cg.oom_kills(), n as u64);
     }
+}
+
+fn num_str(s: &str) -> u64 {
+    s.parse().unwrap_or_else(|_| panic!("not a number: {s}"))
+}
+
+/// Linux < 6.2 counts a task's rss changes in a per-task cache first (SPLIT_RSS_COUNTING; replaced
+/// by percpu counters in 6.2, f1a7941243c1).
+fn split_rss_counting() -> bool {
+    let rel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut v = rel.split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    (v.next().unwrap_or(0), v.next().unwrap_or(0)) < (6, 2)
 }
 
 /// A parent's limit fires while the hog sits in a child with no limit of its own.
@@ -402,7 +426,17 @@ fn inferred_fields_match_the_exact_ones() {
     );
     if inferring == "tp_btf" {
         // The classic tracepoint's victim is what its record carries (pid only before 6.8).
-        assert_eq!(ra["victim"], rb["victim"]);
+        // mm.anon_thp_kb is not from the kernel's record: each tracer reads the victim's
+        // smaps_rollup when its record arrives, and one may be too late (null) where the other
+        // still saw it (0): compare everything else.
+        let mut va = ra["victim"].clone();
+        let mut vb = rb["victim"].clone();
+        for v in [&mut va, &mut vb] {
+            if let Some(mm) = v["mm"].as_object_mut() {
+                mm.remove("anon_thp_kb");
+            }
+        }
+        assert_eq!(va, vb);
     }
     assert_eq!(ra["allocation"]["order"], rb["allocation"]["order"]);
 }

@@ -311,3 +311,66 @@ fn oom_that_kills_nothing_is_reported() {
     );
     assert_eq!(count(&lines, "exit", pid), 0, "the hog did not die");
 }
+
+/// Every task of the cgroup is unkillable (oom_score_adj -1000): the OOM kills nothing and the hog
+/// waits in its page fault. cgroup v2 has no oom_kill_disable, so this is how a v2 OOM that kills
+/// nothing is made (the VM tests); a `memcg_oom` line must still appear, matching the kernel's
+/// own `oom` / `oom_kill` counters.
+#[test]
+fn oom_with_only_unkillable_tasks_is_reported() {
+    require_root_memcg!();
+    // Lowering oom_score_adj below 0 needs CAP_SYS_RESOURCE; try on ourselves and undo.
+    let can_lower = std::fs::write("/proc/self/oom_score_adj", "-1000").is_ok();
+    let _ = std::fs::write("/proc/self/oom_score_adj", "0");
+    skip_unless!(can_lower, "oom_score_adj -1000 needs CAP_SYS_RESOURCE");
+    let _lock = kill_lock();
+    let cg = TestCgroup::new("oomtrace-wd-unkillable", 32 * MIB).expect("cgroup");
+    let mut t = Tracer::start(&[]);
+    skip_unless!(
+        !t.seen[0]["attach"]["memcg_oom"].is_null(),
+        "no memcg OOM notifications on this machine"
+    );
+    let id = cg.inode();
+    let mut hog = spawn_hog(&[
+        "--cgroup",
+        &cg.dir.to_string_lossy(),
+        "--adj",
+        "-1000",
+        "--mb",
+        "48",
+    ]);
+    let rec = t.wait_for(Duration::from_secs(10), |v| {
+        v["type"] == "memcg_oom" && v["memcg"]["id"] == id
+    });
+    let (limit_file, events_file) = if cg.version == 1 {
+        ("memory.limit_in_bytes", "memory.oom_control")
+    } else {
+        ("memory.max", "memory.events")
+    };
+    let events = cg.read(events_file);
+    cg.write(limit_file, &(128 * MIB).to_string());
+    let status = hog.wait().unwrap();
+    thread::sleep(Duration::from_millis(300));
+    let (_, lines) = t.stop();
+    let rec = rec.expect("no memcg_oom record for the cgroup whose OOM killed nothing");
+    assert!(
+        status.success(),
+        "the unkillable hog should finish once the limit is raised: {status:?}"
+    );
+    assert_eq!(rec["memcg"]["path"], cg.path.as_str());
+    assert_eq!(rec["oom_kills"], 0, "{rec}");
+    assert_eq!(cg.oom_kills(), 0);
+    if cg.version == 2 {
+        let oom = events
+            .lines()
+            .find_map(|l| l.strip_prefix("oom ")?.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        assert!(oom >= 1, "the kernel counted the OOM: {events}");
+        assert!(rec["oom_events"].as_u64().unwrap_or(0) >= 1, "{rec}");
+    }
+    assert!(
+        !lines.iter().any(|v| v["type"] == "oom_kill"),
+        "nothing was killed"
+    );
+    assert_eq!(count(&lines, "exit", hog.id()), 0, "the hog did not die");
+}
