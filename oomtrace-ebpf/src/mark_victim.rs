@@ -81,8 +81,15 @@ pub fn mark_victim_tp(ctx: TracePointContext) -> u32 {
             rec.victim_oom_score_adj = i32::from(adj);
             rec.flags |= flags::VICTIM_SCORE_ADJ;
         }
-        if cfg!(tp_mv_anon_rss) != ABSENT {
-            // Already in kB: PG_COUNT_TO_KB() in TP_fast_assign.
+        // When the victim is the trigger it is `current`, whose mm_struct we may read (offsets from
+        // BTF, when there is BTF): every counter, swap and hiwater included, which the record lacks.
+        let same = rec.victim.tid == rec.trigger.tid;
+        // SAFETY: the running task, only read through probe reads.
+        let current = unsafe { bpf_get_current_task() } as *const u8;
+        if same && mm_counters(current, &mut rec.victim_mm) {
+            rec.flags |= flags::VICTIM_MM | flags::VICTIM_MM_TASK;
+        } else if cfg!(tp_mv_anon_rss) != ABSENT {
+            // Since 6.8; already in kB: PG_COUNT_TO_KB() in TP_fast_assign.
             let m = &mut rec.victim_mm;
             m.total_vm_kb = read::<u64>(tp, cfg!(tp_mv_total_vm)).unwrap_or(0);
             m.anon_rss_kb = read::<u64>(tp, cfg!(tp_mv_anon_rss)).unwrap_or(0);
@@ -90,14 +97,8 @@ pub fn mark_victim_tp(ctx: TracePointContext) -> u32 {
             m.shmem_rss_kb = read::<u64>(tp, cfg!(tp_mv_shmem_rss)).unwrap_or(0);
             m.pgtables_kb = read::<u64>(tp, cfg!(tp_mv_pgtables)).unwrap_or(0);
             rec.flags |= flags::VICTIM_MM;
-        } else if rec.victim.tid == rec.trigger.tid {
-            // Before 6.8 the record has only the pid; when the victim is the trigger it is
-            // `current`, whose task_struct we may read (offsets from BTF, when there is BTF).
-            // SAFETY: the running task, only read through probe reads.
-            let current = unsafe { bpf_get_current_task() } as *const u8;
-            if mm_counters(current, &mut rec.victim_mm) {
-                rec.flags |= flags::VICTIM_MM | flags::VICTIM_MM_TASK;
-            }
+        }
+        if same {
             if rec.flags & flags::VICTIM_SCORE_ADJ == 0 {
                 let signal = read_ptr(current, cfg!(task_signal));
                 if let Some(adj) = read::<i16>(signal, cfg!(signal_oom_score_adj)) {
