@@ -70,8 +70,8 @@ pub struct Enricher {
     pub gfp: Option<GfpBits>,
     /// None with --no-user-stacks.
     pub ustack: Option<UserSymbolizer>,
-    /// (trigger tid, kill key, kill_id) of the previous record, to group one OOM's victims.
-    last_kill: Option<(u32, u64, u64)>,
+    /// The previous record, to group one OOM's victims.
+    last_kill: Option<LastKill>,
 }
 
 /// Picks the memcg whose limit fired from the trigger's hierarchy walk: the nearest level that
@@ -90,6 +90,17 @@ pub fn infer_oom_memcg(levels: &[MemcgLevel], order: i32) -> Option<usize> {
             .iter()
             .position(|l| limited(&l) && l.usage_pages.saturating_add(slack) > l.max_pages)
     })
+}
+
+/// The previous oom_kill record, for grouping the victims of one OOM.
+#[derive(Clone, Copy)]
+struct LastKill {
+    trigger_tid: u32,
+    /// `oom_control` identity of the kill (its entry time), 0 without one.
+    key: u64,
+    kill_id: u64,
+    /// The memcg whose limit fired, 0 for none.
+    oom_memcg_id: u64,
 }
 
 impl Enricher {
@@ -154,10 +165,29 @@ impl Enricher {
 
         // First what decays: the cgroup's memory.stat and the victim's THP, while it still holds them.
         let order_hint = if has(flags::RECLAIM) { rec.reclaim.order } else { 0 };
+        // One OOM can kill several tasks (memory.oom.group): they share a kill_id. With
+        // oom_control we know the kill exactly; otherwise a group member is recognised by its
+        // stack (mem_cgroup_scan_tasks -> oom_kill_memcg_member, mm/oom_kill.c v6.18), on the
+        // same trigger thread as the kill before it.
+        let kernel_stack = self.stack(rec);
+        let member = !exact
+            && kernel_stack
+                .iter()
+                .any(|f| f.starts_with("oom_kill_memcg_member"));
+        let group = self
+            .last_kill
+            .filter(|k| member && k.trigger_tid == rec.trigger.tid);
         let oom_level = if exact {
             levels
                 .iter()
                 .position(|l| l.id == rec.exact.memcg_id && rec.exact.memcg_id != 0)
+        } else if let Some(i) =
+            group.and_then(|k| levels.iter().position(|l| l.id == k.oom_memcg_id && l.id != 0))
+        {
+            // The group's first victim was chosen at the limit; by the time the later members are
+            // killed the first ones may have freed memory, so the page counters alone would no
+            // longer point at the memcg. One OOM, one memcg.
+            Some(i)
         } else {
             infer_oom_memcg(levels, order_hint)
         };
@@ -181,7 +211,6 @@ impl Enricher {
             ),
             None => None,
         };
-        let kernel_stack = self.stack(rec);
 
         // The memcg whose limit fired, the constraint and totalpages.
         let (oom_memcg, constraint, totalpages) = if exact {
@@ -340,23 +369,21 @@ impl Enricher {
             user_stack,
         };
 
-        // One OOM can kill several tasks (memory.oom.group): they share a kill_id. With
-        // oom_control we know the kill exactly; otherwise a group member is recognised by its
-        // stack (mem_cgroup_scan_tasks -> oom_kill_memcg_member, mm/oom_kill.c v6.18).
         let key = if exact { rec.exact.kill_ns } else { 0 };
-        let member = !exact
-            && allocation
-                .kernel_stack
-                .iter()
-                .any(|f| f.starts_with("oom_kill_memcg_member"));
-        let kill_id = match self.last_kill {
-            Some((tid, k, id)) if tid == t.tid && ((exact && k == key) || member) => id,
+        let kill_id = match (self.last_kill, group) {
+            (_, Some(g)) => g.kill_id,
+            (Some(k), _) if exact && k.trigger_tid == t.tid && k.key == key => k.kill_id,
             _ => seq,
         };
         if !exact {
             inferred.push("kill_id");
         }
-        self.last_kill = Some((t.tid, key, kill_id));
+        self.last_kill = Some(LastKill {
+            trigger_tid: t.tid,
+            key,
+            kill_id,
+            oom_memcg_id: oom_level.map_or(0, |i| levels[i].id),
+        });
 
         event::OomKill {
             kill_id,
@@ -623,5 +650,43 @@ mod tests {
         assert_eq!(a.victim.points, Some(1234));
         assert_eq!(a.oom_memcg.unwrap().source, "oom_control");
         assert!(a.inferred.is_empty());
+    }
+
+    /// memory.oom.group without oom_control: the later members are killed after the first ones
+    /// freed memory, so their page counters no longer show the limit; they are recognised by the
+    /// oom_kill_memcg_member frame and keep the first victim's memcg and kill_id.
+    #[test]
+    fn group_members_keep_the_first_victims_memcg() {
+        let machine = Machine {
+            page_size: 4096,
+            ram_pages: 1 << 20,
+            swap_pages: 0,
+        };
+        let ksyms = Ksyms::parse(
+            "ffffffff81000000 T out_of_memory\nffffffff81001000 T oom_kill_memcg_member\n\
+             ffffffff81002000 T mem_cgroup_scan_tasks\n",
+        );
+        let mut e = Enricher::new(Resolver::new(None), Some(Arc::new(ksyms)), machine);
+        let first = sample();
+        let a = e.oom_kill(&first, 1, "tracepoint");
+        assert_eq!(a.oom_memcg.as_ref().map(|m| m.id), Some(4242));
+        let mut member = sample();
+        member.victim.tgid = 300;
+        member.victim.tid = 300;
+        member.memcg[0].usage_pages = 8000; // half of it freed already
+        member.kstack[0] = 0xffff_ffff_8100_1010;
+        member.kstack[1] = 0xffff_ffff_8100_2010;
+        member.kstack_bytes = 16;
+        let b = e.oom_kill(&member, 2, "tracepoint");
+        assert_eq!(b.kill_id, 1);
+        assert_eq!(b.oom_memcg.as_ref().map(|m| m.id), Some(4242));
+        assert_eq!(b.constraint, "memcg");
+        // The same counters without the member frame: a new kill, and nothing at its limit.
+        let mut other = member;
+        other.kstack[0] = 0xffff_ffff_8100_0010;
+        other.kstack_bytes = 8;
+        let c = e.oom_kill(&other, 3, "tracepoint");
+        assert_eq!(c.kill_id, 3);
+        assert!(c.oom_memcg.is_none());
     }
 }
