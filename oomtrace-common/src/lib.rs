@@ -159,8 +159,11 @@ pub struct Reclaim {
     pub order: i32,
     /// [`flags::RECLAIM_MEMCG`] or [`flags::RECLAIM_DIRECT`].
     pub kind: u32,
+    /// Memcg reclaim: the nearest memcg of the thread's ancestry that was at its limit when the
+    /// reclaim began (the charge had just failed there); 0 if none or not a memcg reclaim.
+    pub memcg_id: u64,
 }
-const _: () = assert!(size_of::<Reclaim>() == 24);
+const _: () = assert!(size_of::<Reclaim>() == 32);
 
 /// One task killed by the OOM killer: emitted at `mark_victim`, once per killed task.
 #[repr(C)]
@@ -197,7 +200,7 @@ pub struct OomKill {
     pub ubuild: [BuildIdFrame; USTACK_BUILD_ID_DEPTH],
 }
 const _: () =
-    assert!(size_of::<OomKill>() == 16 + 64 + 56 + 8 + 384 + 8 + 56 + 24 + 8 + 256 + 8 + 256 + 8 + 512);
+    assert!(size_of::<OomKill>() == 16 + 64 + 56 + 8 + 384 + 8 + 56 + 32 + 8 + 256 + 8 + 256 + 8 + 512);
 
 /// A signal generated for a task: `signal:signal_generate`, emitted for SIGKILL (or every fatal
 /// signal with `--signals all`). `current` is the sender; kernel code sending on a task's behalf

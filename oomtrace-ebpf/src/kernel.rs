@@ -97,6 +97,47 @@ pub fn memcg_levels(mut css: *const u8, out: &mut [MemcgLevel; MEMCG_LEVELS]) ->
     n
 }
 
+/// Page-counter limits at or above this many pages mean "no limit" (PAGE_COUNTER_MAX is
+/// LONG_MAX / PAGE_SIZE, include/linux/page_counter.h v6.18).
+const UNLIMITED_PAGES: u64 = 1 << 50;
+/// What one charge may ask for at once: MEMCG_CHARGE_BATCH (64 pages, include/linux/memcontrol.h
+/// v6.18); a failed charge leaves usage within that of the limit.
+const CHARGE_BATCH_PAGES: u64 = 64;
+
+/// The nearest memcg from `css` up whose `memory` page counter is at its limit, else the nearest
+/// within one charge batch of it; 0 if none. Taken when memcg reclaim begins, right after
+/// page_counter_try_charge() failed at that memcg (try_charge_memcg(), mm/memcontrol.c v6.18):
+/// the counters then still show which limit fired, while at mark_victim memory that other dying
+/// tasks free in the meantime may already hide it.
+#[inline(always)]
+pub fn memcg_at_limit(mut css: *const u8) -> u64 {
+    let memory = cfg!(memcg_memory);
+    if memory == ABSENT {
+        return 0;
+    }
+    let usage_off = memory.wrapping_add(cfg!(page_counter_usage));
+    let max_off = memory.wrapping_add(cfg!(page_counter_max));
+    let parent = cfg!(css_parent);
+    let mut near = 0;
+    for _ in 0..MEMCG_LEVELS {
+        if css.is_null() {
+            break;
+        }
+        let usage = read::<u64>(css, usage_off).unwrap_or(0);
+        let max = read::<u64>(css, max_off).unwrap_or(u64::MAX);
+        if max < UNLIMITED_PAGES {
+            if usage >= max {
+                return css_id(css);
+            }
+            if near == 0 && usage.saturating_add(CHARGE_BATCH_PAGES) > max {
+                near = css_id(css);
+            }
+        }
+        css = read_ptr(css, parent);
+    }
+    near
+}
+
 /// One `mm->rss_stat` counter in pages. Since 6.2 each is a `struct percpu_counter` whose `count`
 /// is what `get_mm_counter()` reports (percpu_counter_read_positive, include/linux/mm.h v6.18);
 /// before, an `atomic_long_t`. The loader describes either with `rss_stride`/`rss_value`.

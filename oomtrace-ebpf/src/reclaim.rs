@@ -8,13 +8,16 @@
 //! the reclaim context's gfp (try_to_free_mem_cgroup_pages(), mm/vmscan.c v6.18), not the original.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_boot_ns},
     macros::tracepoint,
     programs::TracePointContext,
 };
 use oomtrace_common::{ABSENT, Reclaim, flags};
 
-use crate::{RECLAIM, cfg};
+use crate::{
+    RECLAIM, cfg,
+    kernel::{memcg_at_limit, task_memcg},
+};
 
 #[tracepoint]
 pub fn memcg_reclaim_begin(ctx: TracePointContext) -> u32 {
@@ -46,12 +49,19 @@ fn remember(ctx: &TracePointContext, kind: u32) {
     }
     .unwrap_or(0);
     let tid = bpf_get_current_pid_tgid() as u32;
+    let memcg_id = if kind == flags::RECLAIM_MEMCG {
+        // SAFETY: the running task, only read through probe reads.
+        memcg_at_limit(task_memcg(unsafe { bpf_get_current_task() } as *const u8))
+    } else {
+        0
+    };
     let rec = Reclaim {
         // SAFETY: helper without preconditions.
         ts_ns: unsafe { bpf_ktime_get_boot_ns() },
         gfp_mask,
         order,
         kind,
+        memcg_id,
     };
     let _ = RECLAIM.insert(&tid, &rec, 0);
 }

@@ -189,7 +189,15 @@ impl Enricher {
             // longer point at the memcg. One OOM, one memcg.
             Some(i)
         } else {
-            infer_oom_memcg(levels, order_hint)
+            infer_oom_memcg(levels, order_hint).or_else(|| {
+                // Nothing at its limit any more at mark_victim (in a storm, earlier victims free
+                // memory meanwhile): the memcg that was at its limit when this thread's reclaim
+                // began, right after its charge failed.
+                let r = &rec.reclaim;
+                (has(flags::RECLAIM) && r.kind == flags::RECLAIM_MEMCG && r.memcg_id != 0)
+                    .then(|| levels.iter().position(|l| l.id == r.memcg_id))
+                    .flatten()
+            })
         };
         let oom_memory = oom_level.map(|i| self.memory_of(&levels[i], rec.ts_boot_ns));
         let victim_level = levels
@@ -688,5 +696,35 @@ mod tests {
         let c = e.oom_kill(&other, 3, "tracepoint");
         assert_eq!(c.kill_id, 3);
         assert!(c.oom_memcg.is_none());
+    }
+
+    /// Nothing at its limit at mark_victim any more: the memcg that was at its limit when the
+    /// trigger's memcg reclaim began names the OOM; a direct (global) reclaim names none.
+    #[test]
+    fn reclaim_time_memcg_when_nothing_is_at_its_limit_any_more() {
+        let machine = Machine {
+            page_size: 4096,
+            ram_pages: 1 << 20,
+            swap_pages: 0,
+        };
+        let mut e = Enricher::new(Resolver::new(None), None, machine);
+        let mut rec = sample();
+        rec.memcg[0].usage_pages = 8000; // freed since
+        rec.flags |= flags::RECLAIM;
+        rec.reclaim = oomtrace_common::Reclaim {
+            ts_ns: rec.ts_boot_ns - 1000,
+            gfp_mask: 0xcc0,
+            order: 0,
+            kind: flags::RECLAIM_MEMCG,
+            memcg_id: 4242,
+        };
+        let a = e.oom_kill(&rec, 1, "tp_btf");
+        assert_eq!(a.oom_memcg.as_ref().map(|m| m.id), Some(4242));
+        assert_eq!(a.constraint, "memcg");
+        rec.reclaim.kind = flags::RECLAIM_DIRECT;
+        rec.reclaim.memcg_id = 0;
+        let b = e.oom_kill(&rec, 2, "tp_btf");
+        assert!(b.oom_memcg.is_none());
+        assert_eq!(b.constraint, "global");
     }
 }

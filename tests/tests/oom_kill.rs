@@ -364,6 +364,16 @@ fn storm_of_300_kills_loses_nothing() {
     let kills = kills_in(&lines, &cg);
     assert_eq!(got, N, "records seen");
     assert_eq!(kills.len(), N, "records for the storm cgroup");
+    let id = cg.inode();
+    let no_memcg: Vec<&Value> = kills
+        .iter()
+        .filter(|k| k["oom_memcg"]["id"] != id)
+        .copied()
+        .collect();
+    assert!(
+        no_memcg.is_empty(),
+        "records without the storm cgroup as oom_memcg: {no_memcg:?}"
+    );
     assert_eq!(cg.oom_kills(), N as u64, "kernel memcg counter");
     assert_eq!(
         vm_delta, N as u64,
