@@ -361,7 +361,8 @@ pub struct Config {
     /// tracepoint task:task_newtask `pid` and `clone_flags` (low 32 bits: CLONE_THREAD is bit 16)
     pub tp_nt_pid: u32,
     pub tp_nt_clone_flags: u32,
-    pub _pad: u32,
+    /// tracepoint sched:sched_process_free `pid`
+    pub tp_free_pid: u32,
     /// `pid` in the oom:*_reaping / wake_reaper records (one event class).
     pub tp_reap_pid: u32,
 }
@@ -439,7 +440,7 @@ impl Config {
         user_stacks: 1,
         tp_nt_pid: ABSENT,
         tp_nt_clone_flags: ABSENT,
-        _pad: 0,
+        tp_free_pid: ABSENT,
     };
 }
 

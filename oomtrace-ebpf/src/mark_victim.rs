@@ -2,7 +2,8 @@
 //! __oom_kill_process() (mm/oom_kill.c, v6.18) — also for each member of a `memory.oom.group` kill.
 //! `current` is the task whose allocation set the OOM off (the trigger), which may differ from the
 //! victim. Two flavours: `tp_btf` hands a typed `struct task_struct *`; the classic tracepoint hands
-//! its trace record (pid, comm, rss... since 6.8, 72ba14deb40a; only pid before).
+//! its trace record (pid, comm, rss... since 6.8, 72ba14deb40a, backported to some stable kernels;
+//! only pid before).
 
 use aya_ebpf::{
     EbpfContext,
@@ -81,15 +82,19 @@ pub fn mark_victim_tp(ctx: TracePointContext) -> u32 {
             rec.victim_oom_score_adj = i32::from(adj);
             rec.flags |= flags::VICTIM_SCORE_ADJ;
         }
-        // When the victim is the trigger it is `current`, whose mm_struct we may read (offsets from
-        // BTF, when there is BTF): every counter, swap and hiwater included, which the record lacks.
-        let same = rec.victim.tid == rec.trigger.tid;
+        // When the victim is the trigger's own process (the trigger itself, or e.g. the main
+        // thread of a process whose worker allocated), its mm_struct and signal_struct are
+        // `current`'s, which we may read (offsets from BTF, when there is BTF): every counter,
+        // swap and hiwater included, which the record lacks.
+        let same_task = rec.victim.tid == rec.trigger.tid;
+        let same_process = rec.victim.tgid != 0 && rec.victim.tgid == rec.trigger.tgid;
         // SAFETY: the running task, only read through probe reads.
         let current = unsafe { bpf_get_current_task() } as *const u8;
-        if same && mm_counters(current, &mut rec.victim_mm) {
+        if same_process && mm_counters(current, &mut rec.victim_mm) {
             rec.flags |= flags::VICTIM_MM | flags::VICTIM_MM_TASK;
         } else if cfg!(tp_mv_anon_rss) != ABSENT {
-            // Since 6.8; already in kB: PG_COUNT_TO_KB() in TP_fast_assign.
+            // The record's own memory fields (since 6.8, 72ba14deb40a; some stable kernels have
+            // them backported, Debian's 6.1.192 among them). Already in kB: PG_COUNT_TO_KB().
             let m = &mut rec.victim_mm;
             m.total_vm_kb = read::<u64>(tp, cfg!(tp_mv_total_vm)).unwrap_or(0);
             m.anon_rss_kb = read::<u64>(tp, cfg!(tp_mv_anon_rss)).unwrap_or(0);
@@ -98,19 +103,20 @@ pub fn mark_victim_tp(ctx: TracePointContext) -> u32 {
             m.pgtables_kb = read::<u64>(tp, cfg!(tp_mv_pgtables)).unwrap_or(0);
             rec.flags |= flags::VICTIM_MM;
         }
-        if same {
-            if rec.flags & flags::VICTIM_SCORE_ADJ == 0 {
-                let signal = read_ptr(current, cfg!(task_signal));
-                if let Some(adj) = read::<i16>(signal, cfg!(signal_oom_score_adj)) {
-                    rec.victim_oom_score_adj = i32::from(adj);
-                    rec.flags |= flags::VICTIM_SCORE_ADJ;
-                }
+        if same_process && rec.flags & flags::VICTIM_SCORE_ADJ == 0 {
+            // oom_score_adj lives in the process's signal_struct.
+            let signal = read_ptr(current, cfg!(task_signal));
+            if let Some(adj) = read::<i16>(signal, cfg!(signal_oom_score_adj)) {
+                rec.victim_oom_score_adj = i32::from(adj);
+                rec.flags |= flags::VICTIM_SCORE_ADJ;
             }
-            if rec.flags & flags::VICTIM_UID == 0 {
-                // The real uid, as task_uid() gives the tracepoint (both from_kuid(&init_user_ns)).
-                rec.victim_uid = bpf_get_current_uid_gid() as u32;
-                rec.flags |= flags::VICTIM_UID;
-            }
+        }
+        if same_task && rec.flags & flags::VICTIM_UID == 0 {
+            // The tracepoint reports task_uid() (real_cred); the helper reads current_cred(),
+            // which differs only while the task runs with override_creds() (both
+            // from_kuid(&init_user_ns), kernel/bpf/helpers.c v6.18).
+            rec.victim_uid = bpf_get_current_uid_gid() as u32;
+            rec.flags |= flags::VICTIM_UID;
         }
     });
     0

@@ -4,6 +4,8 @@
 //! copy_process() on the parent, for every new thread and process (kernel/fork.c, v6.18), with the
 //! child's pid and clone flags: a CLONE_THREAD child joins the parent's thread group, any other
 //! child leads its own. The loader seeds the tasks that existed before it attached from /proc.
+//! `sched:sched_process_free` removes a task once it is released (delayed_put_task_struct(),
+//! kernel/exit.c v6.18) and its id may be reused, so dead threads never crowd out live ones.
 //! Only loaded with classic tracepoints; tp_btf programs read the task's tgid directly.
 
 use aya_ebpf::{
@@ -16,9 +18,9 @@ use crate::{cfg, kernel::read};
 /// include/uapi/linux/sched.h
 const CLONE_THREAD: u32 = 0x0001_0000;
 
-/// tid → tgid. The loader sizes it (1 entry when no classic tracepoint needs it); least recently
-/// used entries go first when a host has more threads than it holds, and a lookup that misses
-/// falls back to /proc in user space.
+/// tid → tgid of the live tasks. The loader sizes it (1 entry when no classic tracepoint needs
+/// it); should a host have more threads than it holds, the least recently used go first, and a
+/// lookup that misses falls back to /proc in user space.
 #[map]
 pub static TGIDS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(1, 0);
 
@@ -39,6 +41,14 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
         tid
     };
     let _ = TGIDS.insert(&tid, &tgid, 0);
+    0
+}
+
+#[tracepoint]
+pub fn task_free(ctx: TracePointContext) -> u32 {
+    if let Some(pid) = read::<i32>(ctx.as_ptr() as *const u8, cfg!(tp_free_pid)) {
+        let _ = TGIDS.remove(&(pid as u32));
+    }
     0
 }
 

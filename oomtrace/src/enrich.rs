@@ -18,6 +18,8 @@ use crate::{
 /// `PAGE_COUNTER_MAX` is LONG_MAX / PAGE_SIZE (include/linux/page_counter.h, v6.18); anything this
 /// large is "no limit".
 const UNLIMITED_PAGES: u64 = 1 << 50;
+/// How far apart the lines of one memory.oom.group kill may be.
+const GROUP_WINDOW_NS: u64 = 1_000_000_000;
 
 /// `enum oom_constraint` (include/linux/oom.h, v6.18; unchanged since 2.6.35).
 fn constraint_name(c: u32) -> &'static str {
@@ -95,6 +97,7 @@ pub fn infer_oom_memcg(levels: &[MemcgLevel], order: i32) -> Option<usize> {
 /// The previous oom_kill record, for grouping the victims of one OOM.
 #[derive(Clone, Copy)]
 struct LastKill {
+    ts_ns: u64,
     trigger_tid: u32,
     /// `oom_control` identity of the kill (its entry time), 0 without one.
     key: u64,
@@ -174,20 +177,24 @@ impl Enricher {
             && kernel_stack
                 .iter()
                 .any(|f| f.starts_with("oom_kill_memcg_member"));
-        let group = self
-            .last_kill
-            .filter(|k| member && k.trigger_tid == rec.trigger.tid);
+        // A whole group is killed within milliseconds; an older previous line (its first member's
+        // record lost to a full ring buffer, say) is another OOM.
+        let group = self.last_kill.filter(|k| {
+            member
+                && k.trigger_tid == rec.trigger.tid
+                && rec.ts_boot_ns.saturating_sub(k.ts_ns) < GROUP_WINDOW_NS
+        });
         let oom_level = if exact {
             levels
                 .iter()
                 .position(|l| l.id == rec.exact.memcg_id && rec.exact.memcg_id != 0)
-        } else if let Some(i) =
-            group.and_then(|k| levels.iter().position(|l| l.id == k.oom_memcg_id && l.id != 0))
-        {
+        } else if let Some(g) = group {
             // The group's first victim was chosen at the limit; by the time the later members are
             // killed the first ones may have freed memory, so the page counters alone would no
-            // longer point at the memcg. One OOM, one memcg.
-            Some(i)
+            // longer point at the memcg. One OOM, one memcg (or none, as the first line said).
+            levels
+                .iter()
+                .position(|l| g.oom_memcg_id != 0 && l.id == g.oom_memcg_id)
         } else {
             infer_oom_memcg(levels, order_hint).or_else(|| {
                 // Nothing at its limit any more at mark_victim (in a storm, earlier victims free
@@ -387,6 +394,7 @@ impl Enricher {
             inferred.push("kill_id");
         }
         self.last_kill = Some(LastKill {
+            ts_ns: rec.ts_boot_ns,
             trigger_tid: t.tid,
             key,
             kill_id,
@@ -696,6 +704,10 @@ mod tests {
         let c = e.oom_kill(&other, 3, "tracepoint");
         assert_eq!(c.kill_id, 3);
         assert!(c.oom_memcg.is_none());
+        // A member-looking line 2 s after the previous one belongs to another OOM.
+        let mut late = member;
+        late.ts_boot_ns += 2_000_000_000;
+        assert_eq!(e.oom_kill(&late, 4, "tracepoint").kill_id, 4);
     }
 
     /// Nothing at its limit at mark_victim any more: the memcg that was at its limit when the

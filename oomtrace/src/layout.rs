@@ -192,6 +192,15 @@ pub fn from_task_newtask(fmt: &Format, cfg: &mut Config) {
         .map_or(ABSENT, |f| f.offset);
 }
 
+/// `sched:sched_process_free`: the released task's pid (after a `comm` that is `char[16]` or,
+/// since 6.x, `__data_loc`).
+pub fn from_process_free(fmt: &Format, cfg: &mut Config) {
+    cfg.tp_free_pid = fmt
+        .field("pid")
+        .filter(|f| f.size == 4)
+        .map_or(ABSENT, |f| f.offset);
+}
+
 /// Record layout of the oom:*reap* tracepoints (one event class: just the pid).
 pub fn from_reaper(fmt: &Format, cfg: &mut Config) {
     cfg.tp_reap_pid = fmt

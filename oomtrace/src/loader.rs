@@ -101,6 +101,9 @@ impl KernelInfo {
         if let Some(f) = read("task", "task_newtask") {
             layout::from_task_newtask(&f, &mut cfg);
         }
+        if let Some(f) = read("sched", "sched_process_free") {
+            layout::from_process_free(&f, &mut cfg);
+        }
         let exit_format = read("sched", "sched_process_exit");
         if let Some(f) = &exit_format {
             layout::from_process_exit(f, &mut cfg);
@@ -315,10 +318,13 @@ pub fn attach(info: &KernelInfo, want: AttachMode, ring_bytes: u32) -> Result<At
     }
     // 5. Classic tracepoints name a task by its thread id only: map threads to processes.
     if report.mark_victim == "tracepoint" || report.signal_generate == Some("tracepoint") {
-        if !classic_expected {
-            log::debug!("classic tracepoints without a sized tid map: pids come from /proc only");
-        }
-        match track_tgids(&mut ebpf, info) {
+        let r = if classic_expected {
+            track_tgids(&mut ebpf, info)
+        } else {
+            // The map was sized for tp_btf (1 entry) before the fallback was known.
+            Err(anyhow!("tp_btf was expected to attach, so no tid map was made"))
+        };
+        match r {
             Ok(n) => {
                 report.task_newtask = Some("tracepoint");
                 log::debug!("tid map seeded with {n} threads from /proc");
@@ -387,13 +393,19 @@ fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) ->
     Ok(())
 }
 
-/// Attaches task:task_newtask, then seeds the tid → tgid map with the threads that existed before
-/// (in that order, so no thread falls between the two). Returns how many were seeded.
+/// Attaches sched:sched_process_free (removes released tasks) and task:task_newtask, then seeds the
+/// tid → tgid map with the threads that existed before (in that order, so no thread falls between
+/// the two; a seeded thread released meanwhile stays until the LRU drops it).
+/// Returns how many were seeded.
 fn track_tgids(ebpf: &mut Ebpf, info: &KernelInfo) -> Result<usize> {
-    if info.cfg.tp_nt_pid == oomtrace_common::ABSENT || info.cfg.tp_nt_clone_flags == oomtrace_common::ABSENT
-    {
+    let absent = oomtrace_common::ABSENT;
+    if info.cfg.tp_nt_pid == absent || info.cfg.tp_nt_clone_flags == absent {
         bail!("no task:task_newtask in tracefs");
     }
+    if info.cfg.tp_free_pid == absent {
+        bail!("no sched:sched_process_free in tracefs");
+    }
+    attach_tracepoint(ebpf, "task_free", "sched", "sched_process_free")?;
     attach_tracepoint(ebpf, "task_newtask", "task", "task_newtask")?;
     let mut map: aya::maps::HashMap<_, u32, u32> =
         aya::maps::HashMap::try_from(ebpf.map_mut("TGIDS").context("TGIDS map missing")?)?;

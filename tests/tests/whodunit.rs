@@ -319,10 +319,16 @@ fn oom_that_kills_nothing_is_reported() {
 #[test]
 fn oom_with_only_unkillable_tasks_is_reported() {
     require_root_memcg!();
-    // Lowering oom_score_adj below 0 needs CAP_SYS_RESOURCE; try on ourselves and undo.
-    let can_lower = std::fs::write("/proc/self/oom_score_adj", "-1000").is_ok();
-    let _ = std::fs::write("/proc/self/oom_score_adj", "0");
-    skip_unless!(can_lower, "oom_score_adj -1000 needs CAP_SYS_RESOURCE");
+    // Lowering oom_score_adj below 0 needs CAP_SYS_RESOURCE (bit 24 of CapEff).
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| u64::from_str_radix(l.strip_prefix("CapEff:")?.trim(), 16).ok())
+        .unwrap_or(0);
+    skip_unless!(
+        cap_eff & (1 << 24) != 0,
+        "oom_score_adj -1000 needs CAP_SYS_RESOURCE"
+    );
     let _lock = kill_lock();
     let cg = TestCgroup::new("oomtrace-wd-unkillable", 32 * MIB).expect("cgroup");
     let mut t = Tracer::start(&[]);
