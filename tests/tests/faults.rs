@@ -107,7 +107,11 @@ fn slow_consumer_stays_bounded_and_seq_shows_the_gap() {
     let cg = TestCgroup::new("oomtrace-slow", 8 * MIB).expect("cgroup");
     let mut t = Tracer::start(&[]);
     let pid = t.pid();
-    // Warm-up with a reader: the first kills load the symbolizer's caches.
+    // Warm-up with a reader: the first kills load the symbolizer's caches. A storm hog is often
+    // gone before its record is handled (then nothing is loaded), and loading the hog's debug info
+    // later, during the stall, would count as growth (seen: +12 MiB in CI). So first one kill whose
+    // trigger outlives its record, until its stack was symbolized against the live process.
+    warm_symbolizer(&cg, &mut t);
     let warm = Storm::start_n(&cg, 10).join();
     assert_eq!(
         t.wait_count(warm.len(), Duration::from_secs(10), is_kill),
@@ -189,6 +193,34 @@ fn slow_consumer_stays_bounded_and_seq_shows_the_gap() {
         "memory grew by {} kB during the stall (bound: the {queue_kb} kB queue + 4 MiB)",
         max_kb - base_kb
     );
+}
+
+/// Makes one OOM kill in `cg` (8 MiB) whose trigger is still alive when its record is handled, so
+/// the user-stack symbolizer loads what it keeps for the hog binary; tries up to 3 times.
+fn warm_symbolizer(cg: &TestCgroup, t: &mut Tracer) {
+    let dir = cg.dir.to_string_lossy().into_owned();
+    for attempt in 0..3 {
+        let ready = format!("/tmp/oomtrace-warm-{}-{attempt}", std::process::id());
+        let _ = fs::remove_file(&ready);
+        let mut holder = spawn_hog(&[
+            "--cgroup", &dir, "--adj", "1000", "--mb", "4", "--ready", &ready, "--hold",
+        ]);
+        assert!(wait_ready(&ready), "warm-up holder never got ready");
+        let mut trigger = spawn_hog(&["--cgroup", &dir, "--mb", "6", "--hold"]);
+        let hpid = holder.id();
+        let rec = t.wait_for(Duration::from_secs(10), |v| {
+            is_kill(v) && v["victim"]["pid"] == hpid
+        });
+        let _ = trigger.kill();
+        let _ = trigger.wait();
+        let _ = holder.kill();
+        let _ = holder.wait();
+        let _ = fs::remove_file(&ready);
+        if rec.is_some_and(|r| r["allocation"]["user_stack"]["symbolized"] == "process") {
+            return;
+        }
+    }
+    panic!("no warm-up kill was symbolized against its live trigger in 3 attempts");
 }
 
 /// SIGTERM while the pipe is full and nobody reads: oomtrace still stops at once, waits at most
