@@ -516,6 +516,16 @@ mod tests {
     use super::*;
     use crate::record::tests::sample;
 
+    /// 4 KiB pages, 4 GiB of RAM, no swap; no cgroup hierarchy.
+    fn enricher(ksyms: Option<Arc<Ksyms>>) -> Enricher {
+        let machine = Machine {
+            page_size: 4096,
+            ram_pages: 1 << 20,
+            swap_pages: 0,
+        };
+        Enricher::new(Resolver::new(None), ksyms, machine)
+    }
+
     fn lvl(id: u64, usage: u64, max: u64) -> MemcgLevel {
         MemcgLevel {
             id,
@@ -612,12 +622,7 @@ mod tests {
 
     #[test]
     fn builds_an_inferred_event_from_a_tp_btf_record() {
-        let machine = Machine {
-            page_size: 4096,
-            ram_pages: 1 << 20,
-            swap_pages: 0,
-        };
-        let mut e = Enricher::new(Resolver::new(None), None, machine);
+        let mut e = enricher(None);
         let rec = sample();
         let ev = e.oom_kill(&rec, 7, "tp_btf");
         assert_eq!(ev.kill_id, 7);
@@ -642,12 +647,7 @@ mod tests {
 
     #[test]
     fn exact_records_group_by_kill() {
-        let machine = Machine {
-            page_size: 4096,
-            ram_pages: 1 << 20,
-            swap_pages: 0,
-        };
-        let mut e = Enricher::new(Resolver::new(None), None, machine);
+        let mut e = enricher(None);
         let mut rec = sample();
         rec.flags |= flags::EXACT;
         rec.exact.kill_ns = 55;
@@ -673,16 +673,11 @@ mod tests {
     /// oom_kill_memcg_member frame and keep the first victim's memcg and kill_id.
     #[test]
     fn group_members_keep_the_first_victims_memcg() {
-        let machine = Machine {
-            page_size: 4096,
-            ram_pages: 1 << 20,
-            swap_pages: 0,
-        };
         let ksyms = Ksyms::parse(
             "ffffffff81000000 T out_of_memory\nffffffff81001000 T oom_kill_memcg_member\n\
              ffffffff81002000 T mem_cgroup_scan_tasks\n",
         );
-        let mut e = Enricher::new(Resolver::new(None), Some(Arc::new(ksyms)), machine);
+        let mut e = enricher(Some(Arc::new(ksyms)));
         let first = sample();
         let a = e.oom_kill(&first, 1, "tracepoint");
         assert_eq!(a.oom_memcg.as_ref().map(|m| m.id), Some(4242));
@@ -714,12 +709,7 @@ mod tests {
     /// trigger's memcg reclaim began names the OOM; a direct (global) reclaim names none.
     #[test]
     fn reclaim_time_memcg_when_nothing_is_at_its_limit_any_more() {
-        let machine = Machine {
-            page_size: 4096,
-            ram_pages: 1 << 20,
-            swap_pages: 0,
-        };
-        let mut e = Enricher::new(Resolver::new(None), None, machine);
+        let mut e = enricher(None);
         let mut rec = sample();
         rec.memcg[0].usage_pages = 8000; // freed since
         rec.flags |= flags::RECLAIM;

@@ -121,12 +121,16 @@ fn rss_stat(btf: &Btf, cfg: &mut Config, miss: &mut Vec<String>) {
 }
 
 /// Record layout of `oom/mark_victim`.
+/// Offset of the record field `name` if its size is one of `sizes`, else ABSENT: a field of an
+/// unexpected size would be misread, so it counts as missing.
+fn field_at(fmt: &Format, name: &str, sizes: &[u32]) -> u32 {
+    fmt.field(name)
+        .filter(|f| sizes.contains(&f.size))
+        .map_or(ABSENT, |f| f.offset)
+}
+
 pub fn from_mark_victim(fmt: &Format, cfg: &mut Config) {
-    let at = |name: &str, size: u32| {
-        fmt.field(name)
-            .filter(|f| f.size == size)
-            .map_or(ABSENT, |f| f.offset)
-    };
+    let at = |name: &str, size: u32| field_at(fmt, name, &[size]);
     cfg.tp_mv_pid = at("pid", 4);
     cfg.tp_mv_comm = fmt
         .field("comm")
@@ -143,10 +147,7 @@ pub fn from_mark_victim(fmt: &Format, cfg: &mut Config) {
 
 /// Record layout of `vmscan:mm_vmscan_{memcg,direct}_reclaim_begin` (both share one event class).
 pub fn from_reclaim_begin(fmt: &Format, cfg: &mut Config) {
-    cfg.tp_reclaim_order = fmt
-        .field("order")
-        .filter(|f| f.size == 4)
-        .map_or(ABSENT, |f| f.offset);
+    cfg.tp_reclaim_order = field_at(fmt, "order", &[4]);
     match fmt.field("gfp_flags") {
         Some(f) if f.size == 4 || f.size == 8 => {
             cfg.tp_reclaim_gfp = f.offset;
@@ -158,11 +159,7 @@ pub fn from_reclaim_begin(fmt: &Format, cfg: &mut Config) {
 
 /// Record layout of `signal:signal_generate`.
 pub fn from_signal_generate(fmt: &Format, cfg: &mut Config) {
-    let at = |name: &str, size: u32| {
-        fmt.field(name)
-            .filter(|f| f.size == size)
-            .map_or(ABSENT, |f| f.offset)
-    };
+    let at = |name: &str, size: u32| field_at(fmt, name, &[size]);
     cfg.tp_sig_sig = at("sig", 4);
     cfg.tp_sig_code = at("code", 4);
     cfg.tp_sig_comm = at("comm", 16);
@@ -173,40 +170,25 @@ pub fn from_signal_generate(fmt: &Format, cfg: &mut Config) {
 
 /// `sched:sched_process_exit` gained `group_dead` in 6.16; before, the program reads signal->live.
 pub fn from_process_exit(fmt: &Format, cfg: &mut Config) {
-    cfg.tp_exit_group_dead = fmt
-        .field("group_dead")
-        .filter(|f| f.size == 1)
-        .map_or(ABSENT, |f| f.offset);
+    cfg.tp_exit_group_dead = field_at(fmt, "group_dead", &[1]);
 }
 
 /// Record layout of `task:task_newtask`: the new task's pid and its clone flags (u64 since 6.x,
 /// `unsigned long` before: 4 or 8 bytes, read as the low 32 bits).
 pub fn from_task_newtask(fmt: &Format, cfg: &mut Config) {
-    cfg.tp_nt_pid = fmt
-        .field("pid")
-        .filter(|f| f.size == 4)
-        .map_or(ABSENT, |f| f.offset);
-    cfg.tp_nt_clone_flags = fmt
-        .field("clone_flags")
-        .filter(|f| f.size == 4 || f.size == 8)
-        .map_or(ABSENT, |f| f.offset);
+    cfg.tp_nt_pid = field_at(fmt, "pid", &[4]);
+    cfg.tp_nt_clone_flags = field_at(fmt, "clone_flags", &[4, 8]);
 }
 
 /// `sched:sched_process_free`: the released task's pid (after a `comm` that is `char[16]` or,
 /// since 6.x, `__data_loc`).
 pub fn from_process_free(fmt: &Format, cfg: &mut Config) {
-    cfg.tp_free_pid = fmt
-        .field("pid")
-        .filter(|f| f.size == 4)
-        .map_or(ABSENT, |f| f.offset);
+    cfg.tp_free_pid = field_at(fmt, "pid", &[4]);
 }
 
 /// Record layout of the oom:*reap* tracepoints (one event class: just the pid).
 pub fn from_reaper(fmt: &Format, cfg: &mut Config) {
-    cfg.tp_reap_pid = fmt
-        .field("pid")
-        .filter(|f| f.size == 4)
-        .map_or(ABSENT, |f| f.offset);
+    cfg.tp_reap_pid = field_at(fmt, "pid", &[4]);
 }
 
 pub fn page_shift() -> u32 {
