@@ -523,6 +523,15 @@ impl Drop for Storm {
     }
 }
 
+/// The strings of a JSON array of strings (a stack, a flag list); panics on anything else.
+pub fn strs(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|f| f.as_str().unwrap_or_else(|| panic!("not a string: {f}")))
+        .collect()
+}
+
 /// `CLOCK_BOOTTIME` in ns: the clock of every record's `boot_ns`.
 pub fn boot_ns() -> u64 {
     let mut ts = libc::timespec {

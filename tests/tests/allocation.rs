@@ -42,12 +42,7 @@ fn user_stack_names_the_allocating_function() {
     assert_eq!(a["path_detail"], "anonymous");
     assert_eq!(a["order"], 0);
     assert_eq!(a["size_bytes"], 4096);
-    let flags: Vec<&str> = a["gfp_flags"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f.as_str().unwrap())
-        .collect();
+    let flags = strs(&a["gfp_flags"]);
     assert!(
         !flags.is_empty()
             && flags

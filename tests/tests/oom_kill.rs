@@ -97,12 +97,7 @@ fn single_kill(mode: &str) {
         assert_eq!(rec["oom_memcg"]["limit_bytes"], 64 * MIB);
         assert_eq!(rec["totalpages"], 64 * MIB / 4096);
         // The allocation: a user page fault charged to the memcg.
-        let stack: Vec<&str> = rec["allocation"]["kernel_stack"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| f.as_str().unwrap())
-            .collect();
+        let stack = strs(&rec["allocation"]["kernel_stack"]);
         assert!(
             stack.first().is_some_and(|f| !f.starts_with("bpf_")),
             "BPF frames not stripped: {stack:?}"

@@ -14,12 +14,17 @@ pub const KILL_LOCK: &str = "/tmp/oomtrace-tests.lock";
 
 /// CLOCK_BOOTTIME in ns: the clock of the kernel's `boot_ns` timestamps.
 pub fn boot_ns() -> u64 {
+    clock_ns(libc::CLOCK_BOOTTIME)
+}
+
+/// `clock` in ns. CLOCK_BOOTTIME and CLOCK_MONOTONIC exist on every kernel oomtrace supports.
+pub fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: ts is a valid, writable timespec; CLOCK_BOOTTIME exists on every kernel oomtrace supports.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    // SAFETY: ts is a valid, writable timespec.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 

@@ -67,13 +67,7 @@ pub fn ticks_per_second() -> u64 {
 
 /// CLOCK_MONOTONIC in ns (bpftrace's `nsecs`, the kernel's bpf_ktime_get_ns()).
 pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid, writable timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    crate::sys::clock_ns(libc::CLOCK_MONOTONIC)
 }
 
 /// CLOCK_BOOTTIME − CLOCK_MONOTONIC in ns: the time this machine spent suspended.
