@@ -5,15 +5,16 @@ use std::fmt::Write as _;
 
 use anyhow::Result;
 
-use crate::{
+use crate::kernel::{
+    self,
+    attach::{self as loader, AttachMode, KernelInfo},
     caps, cgroup,
-    loader::{self, AttachMode, KernelInfo},
 };
 
 pub fn run() -> Result<bool> {
     let mut out = String::new();
     let mut ok = true;
-    let kernel = kernel_release();
+    let kernel = kernel::release();
     let _ = writeln!(out, "kernel            {kernel}");
 
     let eff = caps::effective();
@@ -117,10 +118,4 @@ pub fn run() -> Result<bool> {
     }
     print!("{out}");
     Ok(ok)
-}
-
-pub fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".to_owned())
 }

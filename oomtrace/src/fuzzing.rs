@@ -18,17 +18,22 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
-    btf::Btf,
-    caps,
-    cgroup::{self, Hierarchy, Resolver},
-    enrich::{Enricher, Machine},
+    enrich::{
+        memstat,
+        oom_kill::{Enricher, Machine},
+        whodunit::{self, Whodunit},
+    },
     event::{Cgroup, Line, MemcgOomEv, SCHEMA_VERSION},
-    gfp::{self, GfpBits},
-    ksyms::Ksyms,
-    layout, memstat,
-    record::{self, Record},
-    tracefs::Format,
-    whodunit::{self, Whodunit},
+    kernel::{
+        btf::Btf,
+        caps,
+        cgroup::{self, Hierarchy, Resolver},
+        gfp::{self, GfpBits},
+        ksyms::Ksyms,
+        layout,
+        record::{self, Record},
+        tracefs::Format,
+    },
 };
 
 /// One JSON line as `oomtrace run` writes it, checked: a single line, valid JSON, and stable
@@ -38,7 +43,7 @@ fn line<T: Serialize>(kind: &'static str, seq: u64, boot_ns: u64, body: &T) -> V
         schema: SCHEMA_VERSION,
         kind,
         seq,
-        time: crate::output::rfc3339(boot_ns as i64),
+        time: crate::sink::rfc3339(boot_ns as i64),
         boot_ns,
         host: "fuzz",
         body,
@@ -108,7 +113,7 @@ pub fn record(data: &[u8]) -> Vec<Value> {
                     return Vec::new();
                 }
                 let ev = l.whodunit.exit(&r, &mut l.enricher);
-                let text = crate::output::escape_controls(&whodunit::sentence(&ev));
+                let text = crate::sink::escape_controls(&whodunit::sentence(&ev));
                 assert!(!text.contains('\n'), "a text line spans lines: {text}");
                 vec![line("exit", seq, r.ts_boot_ns, &ev)]
             }

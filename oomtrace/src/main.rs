@@ -7,7 +7,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
-use oomtrace::{check, loader::AttachMode, output::Format, run};
+use oomtrace::{check, kernel::attach::AttachMode, run, sink::Format};
 
 /// Trace Linux OOM kills with eBPF: who was killed, who triggered it, which cgroup limit fired.
 ///

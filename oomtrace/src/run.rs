@@ -16,15 +16,21 @@ use tokio::{
 };
 
 use crate::{
-    caps, cgroup, check,
-    enrich::{Enricher, Machine},
+    enrich::{
+        oom_kill::{Enricher, Machine},
+        whodunit::{self, Whodunit},
+    },
     event::{Cgroup, CgroupReport, Lost, MemcgOomEv, Start, Stop},
-    ksyms::Ksyms,
-    loader::{self, AttachMode, KernelInfo},
-    memcg_watch::{self, MemcgOom},
-    output::{self, Clock, FLUSH_TIMEOUT, Format, Sink, WriteError, Writer, human_bytes},
-    record::{self, Record},
-    whodunit::{self, Whodunit},
+    kernel::{
+        self,
+        attach::{self as loader, AttachMode, KernelInfo},
+        caps, cgroup,
+        clock::Clock,
+        ksyms::Ksyms,
+        memcg_watch::{self, MemcgOom},
+        record::{self, Record},
+    },
+    sink::{self as output, FLUSH_TIMEOUT, Format, Sink, WriteError, Writer, human_bytes},
 };
 
 pub struct Options {
@@ -467,7 +473,7 @@ pub async fn run(opts: Options) -> Result<()> {
         enricher: {
             let mut e = Enricher::new(resolver, None, Machine::read());
             e.gfp = Some(info.gfp.clone());
-            e.ustack = opts.user_stacks.then(crate::ustack::UserSymbolizer::new);
+            e.ustack = opts.user_stacks.then(crate::enrich::ustack::UserSymbolizer::new);
             e
         },
         whodunit: Whodunit::default(),
@@ -492,7 +498,7 @@ pub async fn run(opts: Options) -> Result<()> {
     }
     let start = Start {
         version: env!("CARGO_PKG_VERSION"),
-        kernel: check::kernel_release(),
+        kernel: kernel::release(),
         attach: report,
         cgroup: CgroupReport {
             version: hierarchy.as_ref().map(|h| h.version),

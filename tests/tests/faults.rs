@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use oomtrace::output::{FLUSH_TIMEOUT, OUTPUT_QUEUE_BYTES};
+use oomtrace::sink::{FLUSH_TIMEOUT, OUTPUT_QUEUE_BYTES};
 use oomtrace_tests::*;
 use serde_json::Value;
 

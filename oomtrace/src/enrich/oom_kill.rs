@@ -6,13 +6,14 @@ use std::{fs, sync::Arc};
 use oomtrace_common::{MemcgLevel, OomKill, VictimSource, flags};
 
 use crate::{
-    cgroup::Resolver,
+    enrich::{memstat, ustack::UserSymbolizer},
     event::{self, Allocation, Cgroup, OomMemcg, Trigger, Victim},
-    gfp::GfpBits,
-    ksyms::{self, Ksyms},
-    memstat,
-    record::comm,
-    ustack::UserSymbolizer,
+    kernel::{
+        cgroup::Resolver,
+        gfp::GfpBits,
+        ksyms::{self, Ksyms},
+        record::comm,
+    },
 };
 
 /// `PAGE_COUNTER_MAX` is LONG_MAX / PAGE_SIZE (include/linux/page_counter.h, v6.18); anything this
@@ -41,7 +42,7 @@ pub struct Machine {
 
 impl Machine {
     pub fn read() -> Self {
-        let page_size = 1u64 << crate::layout::page_shift();
+        let page_size = 1u64 << crate::kernel::layout::page_shift();
         let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
         let kb = |key: &str| {
             meminfo
@@ -514,7 +515,7 @@ pub(crate) fn tgid_of(tid: u32) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::tests::sample;
+    use crate::kernel::record::tests::sample;
 
     /// 4 KiB pages, 4 GiB of RAM, no swap; no cgroup hierarchy.
     fn enricher(ksyms: Option<Arc<Ksyms>>) -> Enricher {

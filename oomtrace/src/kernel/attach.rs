@@ -12,7 +12,10 @@ use aya::{
 use clap::ValueEnum;
 use oomtrace_common::{Config, drop_reason};
 
-use crate::{btf, event::AttachReport, layout, tracefs};
+use crate::{
+    event::AttachReport,
+    kernel::{btf, layout, tracefs},
+};
 
 /// The eBPF object, built by build.rs (see xtask/src/ebpf.rs) and embedded: the binary is one file.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/oomtrace.bpf.o"));
@@ -62,7 +65,7 @@ pub struct KernelInfo {
     pub signal_format: Option<tracefs::Format>,
     pub exit_format: Option<tracefs::Format>,
     /// gfp flag bits of the running kernel: its BTF enum (6.9+) or a table for its version.
-    pub gfp: crate::gfp::GfpBits,
+    pub gfp: crate::kernel::gfp::GfpBits,
 }
 
 impl KernelInfo {
@@ -124,14 +127,14 @@ impl KernelInfo {
     }
 }
 
-fn gfp_bits(btf: Option<&btf::Btf>) -> crate::gfp::GfpBits {
+fn gfp_bits(btf: Option<&btf::Btf>) -> crate::kernel::gfp::GfpBits {
     let from_btf = btf.and_then(|b| {
         let e = b.enumerators("___GFP_");
-        crate::gfp::GfpBits::from_enum(e.iter().map(|(n, v)| (n.as_str(), *v)))
+        crate::kernel::gfp::GfpBits::from_enum(e.iter().map(|(n, v)| (n.as_str(), *v)))
     });
     from_btf.unwrap_or_else(|| {
-        let (major, minor) = crate::gfp::kernel_version(&crate::check::kernel_release()).unwrap_or((6, 1));
-        crate::gfp::GfpBits::for_version(major, minor)
+        let (major, minor) = crate::kernel::gfp::kernel_version(&crate::kernel::release()).unwrap_or((6, 1));
+        crate::kernel::gfp::GfpBits::for_version(major, minor)
     })
 }
 

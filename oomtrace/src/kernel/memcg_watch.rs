@@ -27,7 +27,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::{cgroup::Hierarchy, output::Clock};
+use crate::kernel::{cgroup::Hierarchy, clock::Clock};
 
 /// One notification that a memory cgroup entered OOM handling.
 #[derive(Clone, Debug, PartialEq, Eq)]

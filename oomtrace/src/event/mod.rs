@@ -83,7 +83,7 @@ pub struct Victim {
     /// The victim's memory in one object (the flat `*_kb` fields above, plus `anon_thp_kb`).
     pub mm: Option<VictimMm>,
     /// The victim's cgroup memory, when it is not the `oom_memcg` (e.g. a child of it).
-    pub cgroup_memory: Option<crate::memstat::Memory>,
+    pub cgroup_memory: Option<crate::enrich::memstat::Memory>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -119,7 +119,7 @@ pub struct OomMemcg {
     pub limit_bytes: Option<u64>,
     pub usage_bytes: Option<u64>,
     /// The cgroup's memory at the kill: page counters from the kernel, `memory.stat` from cgroupfs.
-    pub memory: Option<crate::memstat::Memory>,
+    pub memory: Option<crate::enrich::memstat::Memory>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -140,7 +140,7 @@ pub struct Allocation {
     /// For page_fault: `anonymous` or `file`.
     pub path_detail: Option<&'static str>,
     /// The trigger's user stack, symbolized against the trigger's own process.
-    pub user_stack: Option<crate::ustack::UserStack>,
+    pub user_stack: Option<crate::enrich::ustack::UserStack>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -25,7 +25,10 @@ use clap::ValueEnum;
 use serde::Serialize;
 use tokio::sync::{Notify, oneshot};
 
-use crate::event::{Line, Lost, SCHEMA_VERSION};
+use crate::{
+    event::{Line, Lost, SCHEMA_VERSION},
+    kernel::clock::Clock,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -33,47 +36,6 @@ pub enum Format {
     Json,
     /// One human-readable line per kill.
     Text,
-}
-
-/// Boot-time → wall-clock conversion.
-#[derive(Clone, Copy, Debug)]
-pub struct Clock {
-    /// CLOCK_REALTIME minus CLOCK_BOOTTIME, in ns.
-    offset_ns: i128,
-}
-
-fn clock_ns(id: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid, writable timespec.
-    unsafe { libc::clock_gettime(id, &mut ts) };
-    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
-}
-
-impl Default for Clock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Clock {
-    pub fn new() -> Self {
-        let boot = clock_ns(libc::CLOCK_BOOTTIME);
-        let real = clock_ns(libc::CLOCK_REALTIME);
-        Self {
-            offset_ns: real - boot,
-        }
-    }
-
-    pub fn now_boot_ns() -> u64 {
-        clock_ns(libc::CLOCK_BOOTTIME) as u64
-    }
-
-    pub fn wall(&self, boot_ns: u64) -> String {
-        rfc3339((self.offset_ns + i128::from(boot_ns)) as i64)
-    }
 }
 
 /// RFC 3339 UTC with nanoseconds, e.g. 2026-11-27T20:31:00.123456789Z.
@@ -438,7 +400,7 @@ impl Sink {
         body: &T,
         text: Option<String>,
     ) -> Box<[u8]> {
-        let time = self.clock.wall(boot_ns);
+        let time = rfc3339(self.clock.unix_ns(boot_ns));
         self.scratch.clear();
         match (self.format, text) {
             (Format::Text, Some(t)) => {
@@ -636,7 +598,7 @@ mod tests {
     #[test]
     fn clock_maps_now_to_now() {
         let c = Clock::new();
-        let t = c.wall(Clock::now_boot_ns());
+        let t = rfc3339(c.unix_ns(Clock::now_boot_ns()));
         assert!(t.starts_with("20"), "{t}");
     }
 

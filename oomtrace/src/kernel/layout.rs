@@ -3,7 +3,7 @@
 
 use oomtrace_common::{ABSENT, Config};
 
-use crate::{btf::Btf, tracefs::Format};
+use crate::kernel::{btf::Btf, tracefs::Format};
 
 /// Offset of `s.path`, or ABSENT; records what was missing in `missing`.
 fn off(btf: &Btf, s: &str, path: &str, missing: &mut Vec<String>) -> u32 {

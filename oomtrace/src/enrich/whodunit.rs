@@ -8,9 +8,9 @@ use std::{collections::HashMap, fs};
 use oomtrace_common::{Exit, Signal};
 
 use crate::{
-    enrich::Enricher,
+    enrich::oom_kill::Enricher,
     event::{self, Cgroup, ExitEv, OomCause, Process, Sender, SignalEv},
-    record::comm,
+    kernel::record::comm,
 };
 
 const SI_USER: i32 = 0;
@@ -217,7 +217,7 @@ impl Whodunit {
         let target_tgid = if t.tgid != 0 {
             Some(t.tgid)
         } else {
-            crate::enrich::tgid_of(t.tid)
+            crate::enrich::oom_kill::tgid_of(t.tid)
         };
         let target = Process {
             pid: target_tgid,
@@ -443,7 +443,10 @@ mod tests {
     use oomtrace_common::{RecordKind, TaskIds, VictimSource};
 
     use super::*;
-    use crate::{cgroup::Resolver, enrich::Machine, record::tests::sample};
+    use crate::{
+        enrich::oom_kill::Machine,
+        kernel::{cgroup::Resolver, record::tests::sample},
+    };
 
     fn enricher() -> Enricher {
         Enricher::new(

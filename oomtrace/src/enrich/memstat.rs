@@ -84,7 +84,7 @@ pub fn memory(level: &MemcgLevel, page: u64, version: u8, dir: Option<&Path>, ki
         stat_source: stat.is_some().then_some("cgroupfs"),
         stat_read_after_kill_ns: stat
             .is_some()
-            .then(|| crate::output::Clock::now_boot_ns().saturating_sub(kill_ns)),
+            .then(|| crate::kernel::clock::Clock::now_boot_ns().saturating_sub(kill_ns)),
         stat,
     }
 }

@@ -719,7 +719,7 @@ mod tests {
         let _ = fs::remove_file(&link);
         fs::hard_link(&exe, &link).unwrap();
         let mut child = Command::new(&link)
-            .args(["--ignored", "--exact", "ustack::tests::ustack_sleeper"])
+            .args(["--ignored", "--exact", "enrich::ustack::tests::ustack_sleeper"])
             .env("OOMTRACE_USTACK_SLEEPER", "1")
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -908,7 +908,7 @@ mod tests {
             .args([
                 "--ignored",
                 "--exact",
-                "ustack::tests::ustack_unprivileged_child",
+                "enrich::ustack::tests::ustack_unprivileged_child",
                 "--nocapture",
             ])
             .env("OOMTRACE_USTACK_UNPRIVILEGED", "1")
