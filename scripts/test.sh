@@ -27,6 +27,9 @@ fi
 echo "== format and lints" >&2
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
+# The eBPF crate once more on its own: in the workspace pass feature unification hands it
+# oomtrace-common with the loader's `user` feature, which the eBPF build never has.
+cargo clippy --locked -p oomtrace-ebpf --all-targets -- -D warnings
 echo "== tests" >&2
 cargo build --locked --workspace
 cargo test --locked --workspace -- --test-threads=2

@@ -6,8 +6,10 @@
 //! - `whodunit.rs`: every SIGKILL generated and every process that died of one.
 //! - `tgids.rs`: thread id → process id for the classic tracepoints that only name a thread.
 //! - `kernel.rs`: reading kernel structs at offsets the loader resolved from BTF.
-#![no_std]
-#![no_main]
+//!
+//! Built for `bpfel-unknown-none` by oomtrace/build.rs. On the host (`cargo clippy --workspace`)
+//! the crate is an ordinary binary with an empty `main`, so that the lints see the same code.
+#![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
 mod kernel;
 mod mark_victim;
@@ -60,11 +62,15 @@ pub(crate) fn count_drop(reason: u32) {
     }
 }
 
-
+#[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
+
+/// Host builds only: the programs are never run there.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
 
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]

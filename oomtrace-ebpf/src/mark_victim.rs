@@ -15,8 +15,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use oomtrace_common::{
-    ABSENT, KSTACK_DEPTH, OomKill, RecordKind, USTACK_BUILD_ID_DEPTH, USTACK_DEPTH, VictimSource, drop_reason,
-    flags,
+    ABSENT, KSTACK_DEPTH, OomKill, RecordKind, USTACK_BUILD_ID_DEPTH, USTACK_DEPTH, VictimSource,
+    drop_reason, flags,
 };
 
 /// bpf_get_stack flags (include/uapi/linux/bpf.h).
@@ -156,18 +156,18 @@ fn emit<C: EbpfContext>(ctx: &C, source: VictimSource, victim: impl FnOnce(&mut 
     let tid = rec.trigger.tid;
     let now = rec.ts_boot_ns;
     // SAFETY: LRU map values are copied out immediately.
-    if let Some(oc) = unsafe { OOM_CONTROL.get(&tid) } {
-        if now.wrapping_sub(oc.kill_ns) < STASH_MAX_AGE_NS {
-            rec.exact = *oc;
-            rec.flags |= flags::EXACT;
-        }
+    if let Some(oc) = unsafe { OOM_CONTROL.get(&tid) }
+        && now.wrapping_sub(oc.kill_ns) < STASH_MAX_AGE_NS
+    {
+        rec.exact = *oc;
+        rec.flags |= flags::EXACT;
     }
     // SAFETY: as above.
-    if let Some(r) = unsafe { RECLAIM.get(&tid) } {
-        if now.wrapping_sub(r.ts_ns) < STASH_MAX_AGE_NS {
-            rec.reclaim = *r;
-            rec.flags |= flags::RECLAIM;
-        }
+    if let Some(r) = unsafe { RECLAIM.get(&tid) }
+        && now.wrapping_sub(r.ts_ns) < STASH_MAX_AGE_NS
+    {
+        rec.reclaim = *r;
+        rec.flags |= flags::RECLAIM;
     }
 
     victim(rec);

@@ -3,7 +3,9 @@
 //! victim's anonymous memory without waiting for it to exit; `skip` means it could not (the mm
 //! was already being torn down, or its mmap lock was held), which explains slow memory release.
 
-use aya_ebpf::{EbpfContext, helpers::bpf_ktime_get_boot_ns, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    EbpfContext, helpers::bpf_ktime_get_boot_ns, macros::tracepoint, programs::TracePointContext,
+};
 use oomtrace_common::{Reap, RecordKind, drop_reason, reap_phase};
 
 use crate::{EVENTS, cfg, count_drop, kernel::read};

@@ -5,6 +5,7 @@
 //!   (kernel/signal.c, v6.18). `current` is the sender.
 //! - `sched:sched_process_exit` fires in do_exit() for every exiting thread, on that thread
 //!   (kernel/exit.c, v6.18); the record for the group's last thread is the process's death.
+//!
 //! Both are filtered in the kernel to SIGKILL (or every fatal signal with `--signals all`), so
 //! the volume stays that of deaths, not of all signal traffic.
 
@@ -114,8 +115,11 @@ fn emit_signal(
     target(s);
     let pid_tgid = bpf_get_current_pid_tgid();
     // --pid keeps signals to that process and signals it sends.
-    if tgid_filtered(if s.target.tgid != 0 { s.target.tgid } else { s.target.tid })
-        && tgid_filtered((pid_tgid >> 32) as u32)
+    if tgid_filtered(if s.target.tgid != 0 {
+        s.target.tgid
+    } else {
+        s.target.tid
+    }) && tgid_filtered((pid_tgid >> 32) as u32)
     {
         entry.discard(0);
         return 0;

@@ -67,5 +67,5 @@ pub fn build(workspace: &Path, target_dir: &Path) -> Result<PathBuf, String> {
              and bpf-linker built against Debian's llvm-22 — scripts/bootstrap.sh installs all of them"
         ));
     }
-    Ok(target_dir.join(TARGET).join("release").join("oomtrace"))
+    Ok(target_dir.join(TARGET).join("release").join("oomtrace-ebpf"))
 }
