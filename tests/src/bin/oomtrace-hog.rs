@@ -4,12 +4,24 @@
 //! `grow_buffer`, a name the tests look for in `allocation.user_stack`.
 //!
 //! oomtrace-hog [--cgroup DIR] [--adj N] [--mb N] [--step-kb N] [--ready FILE] [--hold]
-//!              [--thp] [--reserve-mb N]
+//!              [--thp] [--reserve-mb N] [--threads N]
 //!   --mb N          stop after N MiB (default: never stop)
 //!   --hold          after reaching --mb, write "ready" to --ready (if given) and sleep until killed
 //!   --thp           allocate from one anonymous mapping with MADV_HUGEPAGE (2 MiB huge pages)
 //!   --reserve-mb N  first map N MiB without touching it (virtual size far above resident)
-use std::{env, ffi::OsString, fs, path::Path, process::ExitCode, thread, time::Duration};
+//!   --threads N     N threads allocate at once, each in its own `grow_buffer` loop, released
+//!                   together by a barrier (as TensorFlow, Java and Go programs fault from many
+//!                   threads); --mb is then the total, shared out. Not with --thp/--reserve-mb.
+use std::{
+    env,
+    ffi::OsString,
+    fs,
+    path::Path,
+    process::ExitCode,
+    sync::{Arc, Barrier},
+    thread,
+    time::Duration,
+};
 
 /// One big anonymous mapping, touched page by page from the start.
 struct Arena {
@@ -70,12 +82,41 @@ fn grow_buffer(arena: &mut Option<Arena>, held: &mut Vec<Vec<u8>>, step: usize) 
     }
 }
 
+/// `n` threads, each touching `step` bytes at a time until its share of `limit` (or forever),
+/// started together so that their page faults hit the cgroup's limit at the same moment.
+fn grow_in_threads(n: usize, limit: Option<usize>, step: usize) -> Vec<Vec<Vec<u8>>> {
+    let start = Arc::new(Barrier::new(n));
+    let share = limit.map(|l| l / n);
+    let workers: Vec<_> = (0..n)
+        .map(|i| {
+            let start = start.clone();
+            thread::Builder::new()
+                .name(format!("hog-{i}"))
+                .spawn(move || {
+                    let mut held = Vec::new();
+                    let mut total = 0usize;
+                    start.wait();
+                    while share.is_none_or(|l| total < l) {
+                        total += grow_buffer(&mut None, &mut held, step);
+                    }
+                    held
+                })
+                .expect("spawn hog thread")
+        })
+        .collect();
+    // Each thread's memory is handed back, so it stays held (--hold) after the threads end.
+    workers
+        .into_iter()
+        .map(|w| w.join().expect("hog thread"))
+        .collect()
+}
+
 fn main() -> ExitCode {
     // Arguments as bytes: a cgroup directory's name need not be UTF-8 (tests use such names).
     let mut args = env::args_os().skip(1);
     let (mut cgroup, mut adj, mut mb, mut step_kb, mut ready, mut hold) =
         (None::<OsString>, None, None, 1024usize, None, false);
-    let (mut thp, mut reserve_mb) = (false, 0usize);
+    let (mut thp, mut reserve_mb, mut threads) = (false, 0usize, 1usize);
     while let Some(a) = args.next() {
         let mut raw = || args.next().expect("flag needs a value");
         if a == "--cgroup" {
@@ -91,6 +132,7 @@ fn main() -> ExitCode {
             "--hold" => hold = true,
             "--thp" => thp = true,
             "--reserve-mb" => reserve_mb = val().parse().expect("--reserve-mb"),
+            "--threads" => threads = val().parse().expect("--threads"),
             other => {
                 eprintln!("oomtrace-hog: unknown argument {other}");
                 return ExitCode::from(2);
@@ -108,6 +150,22 @@ fn main() -> ExitCode {
         fs::write("/proc/self/oom_score_adj", adj).expect("set oom_score_adj");
     }
     let limit = mb.map(|m| m << 20);
+    if threads > 1 {
+        if thp || reserve_mb > 0 {
+            eprintln!("oomtrace-hog: --threads does not combine with --thp or --reserve-mb");
+            return ExitCode::from(2);
+        }
+        let _held = grow_in_threads(threads, limit, step_kb << 10);
+        if let Some(r) = ready {
+            fs::write(r, "ready").expect("write ready file");
+        }
+        if hold {
+            loop {
+                thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
     // THP and reserved memory come from one mapping (huge pages need 2 MiB-aligned ranges).
     let mut arena =
         (thp || reserve_mb > 0).then(|| Arena::new((reserve_mb.max(mb.unwrap_or(1024))) << 20, thp));
