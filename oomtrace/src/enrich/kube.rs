@@ -24,6 +24,10 @@
 
 use serde::Serialize;
 
+pub mod cri;
+pub mod names;
+pub mod pod_logs;
+
 /// A pod's quality-of-service class, as kubelet names its cgroup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
