@@ -30,6 +30,8 @@ use crate::{
     kernel::clock::Clock,
 };
 
+pub mod metrics;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     /// One JSON object per line (the contract in docs/events.md).
