@@ -75,10 +75,26 @@ pub mod flags {
     /// `victim_mm` was read from the victim's `mm_struct` (every counter, swap and hiwater too),
     /// not copied from a classic tracepoint record (which has no swap or hiwater).
     pub const VICTIM_MM_TASK: u32 = 1 << 6;
+    /// The OOM killer's own SIGKILL to this victim thread came just before the mark, from the same
+    /// `current`: __oom_kill_process() sends it, then calls mark_oom_victim() (mm/oom_kill.c,
+    /// v6.18). A mark without it is no kill: out_of_memory()'s and oom_kill_process()'s
+    /// task_will_free_mem() shortcuts mark an already-dying task and count nothing.
+    pub const KILLED: u32 = 1 << 7;
     /// `reclaim.kind` values.
     pub const RECLAIM_MEMCG: u32 = 1;
     pub const RECLAIM_DIRECT: u32 = 2;
 }
+
+/// The OOM killer's last SIGKILL sent by a thread (SEND_SIG_PRIV), keyed by the sender's tid:
+/// which thread it went to, and when.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OomSigkill {
+    pub target_tid: u32,
+    pub _pad0: u32,
+    pub ts_ns: u64,
+}
+const _: () = assert!(size_of::<OomSigkill>() == 16);
 
 /// A task as seen from the kernel: thread-group id (the user's "pid"), thread id, memcg and comm.
 #[repr(C)]

@@ -23,7 +23,7 @@ use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
-use oomtrace_common::{Config, OomControl, Reclaim, drop_reason};
+use oomtrace_common::{Config, OomControl, OomSigkill, Reclaim, drop_reason};
 
 /// Kernel layout facts, filled in by the loader before load (frozen `.rodata`).
 #[unsafe(no_mangle)]
@@ -41,6 +41,11 @@ static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop_reason::COUN
 /// picked up by `mark_victim` on the same thread.
 #[map]
 static OOM_CONTROL: LruHashMap<u32, OomControl> = LruHashMap::with_max_entries(1024, 0);
+
+/// The OOM killer's latest SIGKILL from each thread (keyed by the sender's tid), which
+/// `mark_victim` on the same thread consumes to tell a kill from a mark without one.
+#[map]
+static OOM_SIGKILLS: LruHashMap<u32, OomSigkill> = LruHashMap::with_max_entries(1024, 0);
 
 /// Each thread's latest reclaim-begin record, keyed by tid.
 #[map]

@@ -24,7 +24,7 @@ const BPF_F_USER_STACK: u64 = 1 << 8;
 const BPF_F_USER_BUILD_ID: u64 = 1 << 11;
 
 use crate::{
-    EVENTS, OOM_CONTROL, RECLAIM, cfg, count_drop,
+    EVENTS, OOM_CONTROL, OOM_SIGKILLS, RECLAIM, cfg, count_drop,
     kernel::{memcg_levels, mm_counters, read, read_ptr, task_comm, task_ids, task_memcg},
     tgids::tgid_of,
 };
@@ -171,6 +171,17 @@ fn emit<C: EbpfContext>(ctx: &C, source: VictimSource, victim: impl FnOnce(&mut 
     }
 
     victim(rec);
+
+    // A kill, or a mark of a dying task without one? The kill's SIGKILL to this very thread came
+    // from this thread microseconds ago; consume it, so that it vouches for one mark only.
+    // SAFETY: as above.
+    if let Some(k) = unsafe { OOM_SIGKILLS.get(&tid) }
+        && k.target_tid == rec.victim.tid
+        && now.wrapping_sub(k.ts_ns) < STASH_MAX_AGE_NS
+    {
+        rec.flags |= flags::KILLED;
+        let _ = OOM_SIGKILLS.remove(&tid);
+    }
 
     // SAFETY: `kstack` is KSTACK_DEPTH u64s inside the reservation; the helper writes at most that.
     rec.kstack_bytes = unsafe {

@@ -18,10 +18,10 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use oomtrace_common::{ABSENT, Exit, RecordKind, Signal, VictimSource, drop_reason};
+use oomtrace_common::{ABSENT, Exit, OomSigkill, RecordKind, Signal, VictimSource, drop_reason};
 
 use crate::{
-    EVENTS, cfg, count_drop,
+    EVENTS, OOM_SIGKILLS, cfg, count_drop,
     kernel::{read, read_ptr, task_comm, task_ids},
     tgids::tgid_of,
 };
@@ -62,6 +62,11 @@ pub fn signal_generate_btf(ctx: BtfTracePointContext) -> u32 {
     }
     let info: *const u8 = ctx.arg(1);
     let task: *const u8 = ctx.arg(2);
+    // SEND_SIG_PRIV itself, not only si_code SI_KERNEL: force_sig() and friends pass a real
+    // siginfo with SI_KERNEL too, and are not the OOM killer.
+    if sig == SIGKILL && info as usize == SEND_SIG_PRIV {
+        note_oom_sigkill(read::<i32>(task, cfg!(task_pid)).unwrap_or(0) as u32);
+    }
     let code = match info as usize {
         0 => SI_USER,
         SEND_SIG_PRIV => SI_KERNEL,
@@ -81,6 +86,11 @@ pub fn signal_generate_tp(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let code = read::<i32>(tp, cfg!(tp_sig_code)).unwrap_or(SI_USER);
+    // The classic record has only si_code: TP_STORE_SIGINFO() stores SI_KERNEL for SEND_SIG_PRIV
+    // (include/trace/events/signal.h, v6.18).
+    if sig == SIGKILL && code == SI_KERNEL {
+        note_oom_sigkill(read::<i32>(tp, cfg!(tp_sig_pid)).unwrap_or(0) as u32);
+    }
     let group = read::<i32>(tp, cfg!(tp_sig_group)).unwrap_or(0);
     let result = read::<i32>(tp, cfg!(tp_sig_result)).unwrap_or(0);
     emit_signal(sig, code, group, result, VictimSource::Tracepoint, |s| {
@@ -91,6 +101,21 @@ pub fn signal_generate_tp(ctx: TracePointContext) -> u32 {
             s.target.comm = c;
         }
     })
+}
+
+/// Remembers a kernel-private SIGKILL from the current thread to `target_tid`, for `mark_victim`
+/// (see `flags::KILLED`). Before any filter or ring-buffer reservation: a kill must be recognised
+/// even when its `signal` record is not wanted or finds no room.
+#[inline(always)]
+fn note_oom_sigkill(target_tid: u32) {
+    let k = OomSigkill {
+        target_tid,
+        _pad0: 0,
+        // SAFETY: helper without preconditions.
+        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+    };
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let _ = OOM_SIGKILLS.insert(&tid, &k, 0);
 }
 
 #[inline(always)]

@@ -100,7 +100,7 @@ pub fn run() -> Result<bool> {
             AttachMode::Tracepoint,
         ] {
             let verdict = match loader::attach(&info, mode, 4096) {
-                Ok(a) if a.report.mode == mode.name() => "ok".to_owned(),
+                Ok(a) if Some(a.report.mode) == mode.attach() => "ok".to_owned(),
                 Ok(a) => format!("no (fell back to {})", a.report.mode),
                 Err(e) => format!("no: {}", format!("{e:#}").lines().next().unwrap_or_default()),
             };

@@ -14,34 +14,34 @@ use std::{
 };
 
 use oomtrace_common::Config;
-use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
     enrich::{
+        Pipeline,
+        cgroups::Cgroups,
+        filter::Filter,
         memstat,
-        oom_kill::{Enricher, Machine},
-        whodunit::{self, Whodunit},
+        oom_kill::{KernelSymbols, Machine, OomKills},
     },
-    event::{Cgroup, Line, MemcgOomEv, SCHEMA_VERSION},
+    event::{Attach, Cgroup, Event, Line, MemcgOomEv, MemcgOomSource, SCHEMA_VERSION},
     kernel::{
         btf::Btf,
         caps,
         cgroup::{self, Hierarchy, Resolver},
         gfp::{self, GfpBits},
         ksyms::Ksyms,
-        layout,
-        record::{self, Record},
+        layout, record,
         tracefs::Format,
     },
 };
 
 /// One JSON line as `oomtrace run` writes it, checked: a single line, valid JSON, and stable
-/// through a parse/serialize round trip.
-fn line<T: Serialize>(kind: &'static str, seq: u64, boot_ns: u64, body: &T) -> Value {
+/// through a parse/serialize round trip. Its text line, where it has one, is one line too.
+fn line(seq: u64, boot_ns: u64, body: &Event) -> Value {
     let l = Line {
         schema: SCHEMA_VERSION,
-        kind,
+        kind: body.event_type(),
         seq,
         time: crate::sink::rfc3339(boot_ns as i64),
         boot_ns,
@@ -57,29 +57,36 @@ fn line<T: Serialize>(kind: &'static str, seq: u64, boot_ns: u64, body: &T) -> V
         v,
         "JSON round trip"
     );
+    if let Some(t) = crate::sink::text::render(body) {
+        let first = t.split_once("\n    ").map_or(t.as_str(), |(a, _)| a);
+        assert!(!first.contains('\n'), "a text line spans lines: {t}");
+    }
     v
 }
 
-/// The event loop's state, kept across inputs like across the records of one run.
+/// The pipeline's state, kept across inputs like across the records of one run.
 struct Loop {
-    enricher: Enricher,
-    whodunit: Whodunit,
+    pipeline: Pipeline,
     seq: u64,
 }
 
 thread_local! {
     static LOOP: RefCell<Loop> = RefCell::new(Loop {
-        enricher: {
-            let ksyms = Ksyms::parse(KALLSYMS);
-            let mut e = Enricher::new(Resolver::new(None), Some(Arc::new(ksyms)), Machine {
+        pipeline: {
+            let machine = Machine {
                 page_size: 4096,
                 ram_pages: 6 << 18,
                 swap_pages: 0,
-            });
-            e.gfp = Some(GfpBits::for_version(6, 18));
-            e
+            };
+            let ksyms = Some(Arc::new(Ksyms::parse(KALLSYMS)));
+            let kills = OomKills::new(
+                machine,
+                Some(GfpBits::for_version(6, 18)),
+                KernelSymbols::Ready(ksyms),
+                None,
+            );
+            Pipeline::new(Cgroups::new(Resolver::new(None)), kills, Filter::default(), Attach::TpBtf, false)
         },
-        whodunit: Whodunit::default(),
         seq: 1,
     });
 }
@@ -89,8 +96,8 @@ const KALLSYMS: &str = "ffffffff81000000 T _stext\nffffffff81000010 T out_of_mem
                         ffffffffc0000000 t some_fn\t[some_module]\n";
 
 /// A ring-buffer record, as the kernel hands it over: decoded, enriched and turned into its
-/// JSON line (and its text line where it has one), as `oomtrace run` does. User stacks are not
-/// symbolized (that reads other processes' memory maps).
+/// JSON line (and its text line where it has one) by the pipeline `oomtrace run` uses. User
+/// stacks are not symbolized (that reads other processes' memory maps).
 pub fn record(data: &[u8]) -> Vec<Value> {
     let Ok(rec) = record::decode(data) else {
         return Vec::new();
@@ -98,30 +105,11 @@ pub fn record(data: &[u8]) -> Vec<Value> {
     LOOP.with_borrow_mut(|l| {
         let seq = l.seq;
         l.seq += 1;
-        match rec {
-            Record::OomKill(r) => {
-                let ev = l.enricher.oom_kill(&r, seq, "tp_btf");
-                l.whodunit.note_oom_kill(&ev, seq, r.ts_boot_ns);
-                vec![line("oom_kill", seq, r.ts_boot_ns, &ev)]
-            }
-            Record::Signal(r) => {
-                let ev = l.whodunit.signal(&r, seq, &mut l.enricher);
-                vec![line("signal", seq, r.ts_boot_ns, &ev)]
-            }
-            Record::Exit(r) => {
-                if l.whodunit.duplicate_exit(&r) {
-                    return Vec::new();
-                }
-                let ev = l.whodunit.exit(&r, &mut l.enricher);
-                let text = crate::sink::escape_controls(&whodunit::sentence(&ev));
-                assert!(!text.contains('\n'), "a text line spans lines: {text}");
-                vec![line("exit", seq, r.ts_boot_ns, &ev)]
-            }
-            Record::Reap(r) => {
-                let ev = l.whodunit.reap(&r);
-                vec![line("oom_reap", seq, r.ts_boot_ns, &ev)]
-            }
-        }
+        l.pipeline
+            .record(rec, seq)
+            .map(|t| line(seq, t.boot_ns, &t.event))
+            .into_iter()
+            .collect()
     })
 }
 
@@ -160,10 +148,9 @@ pub fn cgroup_text(data: &[u8]) -> Vec<Value> {
                 let _ = r.dir_of(&path);
             }
             out.push(line(
-                "memcg_oom",
                 1,
                 1,
-                &memcg_oom(u64::from(version), Some(path)),
+                &Event::MemcgOom(memcg_oom(u64::from(version), Some(path))),
             ));
         }
     }
@@ -207,7 +194,7 @@ pub fn cgroup_tree(data: &[u8]) -> Vec<Value> {
             Some(path.as_str()),
             "resolver path for inode {ino}"
         );
-        let v = line("memcg_oom", 1, 1, &memcg_oom(ino, got));
+        let v = line(1, 1, &Event::MemcgOom(memcg_oom(ino, got)));
         assert_eq!(
             v["memcg"]["path"],
             Value::from(path),
@@ -224,7 +211,7 @@ pub fn cgroup_tree(data: &[u8]) -> Vec<Value> {
 fn memcg_oom(id: u64, path: Option<String>) -> MemcgOomEv {
     MemcgOomEv {
         memcg: Cgroup { id, path },
-        source: "cgroup_v2_memory_events",
+        source: MemcgOomSource::CgroupV2MemoryEvents,
         under_oom: None,
         oom_kill_disable: None,
         oom_kills: Some(1),

@@ -16,5 +16,16 @@ pub mod event;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod kernel;
+pub mod queue;
 pub mod run;
 pub mod sink;
+pub mod stream;
+
+/// Returns freed heap pages to the kernel (glibc keeps them otherwise).
+pub(crate) fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory; no pointers are invalidated.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

@@ -1,36 +1,36 @@
-//! `oomtrace run`: attach, then stream every record until SIGINT/SIGTERM, then drain what the
-//! kernel already handed over and stop cleanly.
+//! `oomtrace run`: check privileges, attach, start the pipeline thread (see [`crate::stream`]),
+//! then empty the kernel's ring buffer into it until SIGINT/SIGTERM, then drain what the kernel
+//! already handed over and stop cleanly.
 
-use std::{
-    path::PathBuf,
-    sync::Arc,
-    thread,
-    time::{Duration, Instant},
-};
+use std::{path::PathBuf, thread, time::Duration};
 
 use anyhow::{Context, Result, bail};
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
+    signal::unix::{Signal, SignalKind, signal},
 };
 
+pub use crate::enrich::filter::Filter;
 use crate::{
     enrich::{
-        oom_kill::{Enricher, Machine},
-        whodunit::{self, Whodunit},
+        Pipeline,
+        cgroups::Cgroups,
+        oom_kill::{KernelSymbols, Machine, OomKills},
+        ustack::UserSymbolizer,
     },
-    event::{Cgroup, CgroupReport, Lost, MemcgOomEv, Start, Stop},
+    event::{CgroupReport, MemcgOomSource, Start},
     kernel::{
         self,
         attach::{self as loader, AttachMode, KernelInfo},
         caps, cgroup,
         clock::Clock,
         ksyms::Ksyms,
-        memcg_watch::{self, MemcgOom},
-        record::{self, Record},
+        memcg_watch, record,
     },
-    sink::{self as output, FLUSH_TIMEOUT, Format, Sink, WriteError, Writer, human_bytes},
+    queue,
+    sink::{FLUSH_TIMEOUT, Format, Sink, WriteError, Writer},
+    stream::{self, Ended, Input, PIPELINE_QUEUE_BYTES},
 };
 
 pub struct Options {
@@ -52,303 +52,8 @@ pub enum Signals {
     All,
 }
 
-/// `--pid` / `--cgroup`: what a user watching one workload wants to see. The pid filter also runs
-/// in the kernel for signals and exits; everything is checked again here.
-#[derive(Clone, Debug, Default)]
-pub struct Filter {
-    pub pid: Option<u32>,
-    pub cgroup: Option<String>,
-}
-
-impl Filter {
-    fn active(&self) -> bool {
-        self.pid.is_some() || self.cgroup.is_some()
-    }
-
-    fn in_cgroup(&self, c: Option<&Cgroup>) -> bool {
-        let (Some(want), Some(path)) = (&self.cgroup, c.and_then(|c| c.path.as_deref())) else {
-            return false;
-        };
-        want == "/"
-            || path == want
-            || path
-                .strip_prefix(want.as_str())
-                .is_some_and(|r| r.starts_with('/'))
-    }
-
-    /// True if the record concerns one of `pids` or one of `cgroups`.
-    fn matches(&self, pids: &[Option<u32>], cgroups: &[Option<&Cgroup>]) -> bool {
-        let pid_ok = self.pid.is_none_or(|p| pids.contains(&Some(p)));
-        let cg_ok = self.cgroup.is_none() || cgroups.iter().any(|c| self.in_cgroup(*c));
-        pid_ok && cg_ok
-    }
-}
-
-/// How often kernel-side drop counters are polled when no record arrives.
-const DROP_POLL: Duration = Duration::from_secs(1);
-
-struct Stream {
-    sink: Sink,
-    enricher: Enricher,
-    whodunit: Whodunit,
-    filter: Filter,
-    ksyms: Option<thread::JoinHandle<Option<Ksyms>>>,
-    mode: &'static str,
-    kills: u64,
-    /// Kernel-side ring buffer drops: counted by the kernel, and reported in `lost` lines.
-    ring_lost: u64,
-    ring_reported: u64,
-    /// Undecodable records: counted, and reported in `lost` lines.
-    decode_lost: u64,
-    decode_reported: u64,
-}
-
-impl Stream {
-    fn emit_lost(&mut self, reason: &'static str, count: u64, total: u64) {
-        let body = Lost { reason, count, total };
-        let text = output::lost_text(reason, count, total);
-        self.sink
-            .emit_control("lost", Clock::now_boot_ns(), &body, Some(text));
-    }
-
-    /// Reads the kernel's drop counters and writes a `lost` line for each reason whose count
-    /// grew. While the output is backlogged the lines wait (the counts keep growing) so that
-    /// they are never themselves dropped; `force` writes them anyway (at stop).
-    fn report_losses(&mut self, drops: &PerCpuArray<MapData, u64>, force: bool) {
-        if force {
-            self.sink.finish();
-        } else if self.sink.backlogged() {
-            return;
-        }
-        self.ring_lost = self.ring_lost.max(loader::ring_drops(drops));
-        if self.ring_lost > self.ring_reported {
-            let (count, total) = (self.ring_lost - self.ring_reported, self.ring_lost);
-            self.ring_reported = total;
-            self.emit_lost("ring_buffer_full", count, total);
-        }
-        if self.decode_lost > self.decode_reported {
-            let (count, total) = (self.decode_lost - self.decode_reported, self.decode_lost);
-            self.decode_reported = total;
-            self.emit_lost("decode_error", count, total);
-        }
-    }
-
-    fn handle(&mut self, bytes: &[u8]) {
-        // Before a record takes its seq: a drained output first gets the `lost` line that closes
-        // the hole of the records dropped while it was full.
-        self.sink.backlogged();
-        match record::decode(bytes) {
-            Ok(Record::OomKill(rec)) => {
-                if let Some(h) = self.ksyms.take() {
-                    self.enricher.ksyms = h.join().ok().flatten().map(Arc::new);
-                }
-                let seq = self.sink.next_seq();
-                let ev = self.enricher.oom_kill(&rec, seq, self.mode);
-                self.whodunit.note_oom_kill(&ev, seq, rec.ts_boot_ns);
-                let f = &self.filter;
-                if f.active()
-                    && !f.matches(
-                        &[ev.victim.pid, Some(ev.trigger.pid)],
-                        &[
-                            ev.victim.cgroup.as_ref(),
-                            ev.trigger.cgroup.as_ref(),
-                            ev.oom_memcg
-                                .as_ref()
-                                .map(|m| Cgroup {
-                                    id: m.id,
-                                    path: m.path.clone(),
-                                })
-                                .as_ref(),
-                        ],
-                    )
-                {
-                    return;
-                }
-                let text = text_line(&ev);
-                if self.sink.emit("oom_kill", rec.ts_boot_ns, &ev, Some(text)) {
-                    self.kills += 1;
-                }
-            }
-            Ok(Record::Signal(rec)) => {
-                let seq = self.sink.next_seq();
-                let ev = self.whodunit.signal(&rec, seq, &mut self.enricher);
-                let f = &self.filter;
-                if f.active()
-                    && !f.matches(
-                        &[ev.target.pid, Some(ev.target.tid), ev.sender.process.pid],
-                        &[ev.target.cgroup.as_ref(), ev.sender.process.cgroup.as_ref()],
-                    )
-                {
-                    return;
-                }
-                self.sink.emit("signal", rec.ts_boot_ns, &ev, None);
-            }
-            Ok(Record::Reap(rec)) => {
-                let ev = self.whodunit.reap(&rec);
-                if self.filter.active() && !self.filter.matches(&[ev.pid, Some(ev.tid)], &[]) {
-                    return;
-                }
-                self.sink.emit("oom_reap", rec.ts_boot_ns, &ev, None);
-            }
-            Ok(Record::Exit(rec)) => {
-                if self.whodunit.duplicate_exit(&rec) {
-                    return;
-                }
-                let ev = self.whodunit.exit(&rec, &mut self.enricher);
-                let f = &self.filter;
-                let oom_cg = ev.oom.as_ref().and_then(|o| o.oom_memcg.as_ref());
-                if f.active() && !f.matches(&[ev.process.pid], &[ev.process.cgroup.as_ref(), oom_cg]) {
-                    return;
-                }
-                let text = output::escape_controls(&whodunit::sentence(&ev));
-                self.sink.emit("exit", rec.ts_boot_ns, &ev, Some(text));
-            }
-            Err(e) => {
-                log::warn!("dropping an undecodable record: {e:#}");
-                self.decode_lost += 1;
-                if !self.sink.backlogged() {
-                    let total = self.decode_lost;
-                    self.decode_reported = total;
-                    self.emit_lost("decode_error", 1, total);
-                }
-            }
-        }
-    }
-
-    fn memcg_oom(&mut self, m: MemcgOom) {
-        self.sink.backlogged();
-        let ev = MemcgOomEv {
-            memcg: Cgroup {
-                id: m.id,
-                path: Some(m.path),
-            },
-            source: m.source,
-            under_oom: m.under_oom,
-            oom_kill_disable: m.oom_kill_disable,
-            oom_kills: m.oom_kills,
-            oom_events: m.oom_events,
-        };
-        if self.filter.active() && !self.filter.matches(&[], &[Some(&ev.memcg)]) {
-            return;
-        }
-        let text = format!(
-            "memcg_oom {} hit its limit and entered OOM handling{}; {} OOM kill(s) in it so far",
-            output::escape_controls(ev.memcg.path.as_deref().unwrap_or("?")),
-            if ev.oom_kill_disable == Some(true) {
-                " (oom_kill_disable: tasks wait, nothing is killed)"
-            } else {
-                ""
-            },
-            ev.oom_kills.map_or("?".to_owned(), |k| k.to_string()),
-        );
-        self.sink.emit("memcg_oom", m.ts_boot_ns, &ev, Some(text));
-    }
-
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
-        while let Some(item) = ring.next() {
-            self.handle(&item);
-        }
-    }
-}
-
-fn text_line(ev: &crate::event::OomKill) -> String {
-    let v = &ev.victim;
-    let kb = |x: Option<u64>| x.map_or("?".to_owned(), |k| human_bytes(k * 1024));
-    let cg = |c: &Option<crate::event::Cgroup>| {
-        c.as_ref()
-            .map(|c| c.path.clone().unwrap_or_else(|| format!("id:{}", c.id)))
-            .unwrap_or_else(|| "?".to_owned())
-    };
-    let limit = match &ev.oom_memcg {
-        Some(m) => format!(
-            "memcg limit {} of {}",
-            m.limit_bytes.map_or("?".to_owned(), human_bytes),
-            m.path.clone().unwrap_or_else(|| format!("id:{}", m.id))
-        ),
-        None => format!("{} OOM", ev.constraint),
-    };
-    let overcommit =
-        v.mm.as_ref()
-            .and_then(|m| m.overcommit_ratio)
-            .map_or(String::new(), |r| format!(" (overcommit {r:.2}x)"));
-    let mut line = format!(
-        "oom_kill pid {} ({}) in {} killed; trigger pid {} ({}) in {}; {}; rss anon {} file {} shmem {}, total-vm {}{overcommit}",
-        v.pid.unwrap_or(v.tid),
-        v.comm,
-        cg(&v.cgroup),
-        ev.trigger.pid,
-        ev.trigger.comm,
-        cg(&ev.trigger.cgroup),
-        limit,
-        kb(v.anon_rss_kb),
-        kb(v.file_rss_kb),
-        kb(v.shmem_rss_kb),
-        kb(v.total_vm_kb),
-    );
-    // Kernel strings (comm, cgroup names, symbol names) are bytes anyone can choose: a newline
-    // in one must not start a line of its own.
-    line = output::escape_controls(&line);
-    line.push_str("\n    ");
-    line.push_str(&output::escape_controls(&allocation_line(ev)));
-    line
-}
-
-/// `order 0 (4.0 KiB) page fault (anonymous) in grow_buffer (hog.rs:42); memcg 64.0 MiB limit: anon 60.1 MiB, anon_thp 0 B, file 0.3 MiB`
-fn allocation_line(ev: &crate::event::OomKill) -> String {
-    let a = &ev.allocation;
-    let size = a
-        .size_bytes
-        .map_or(String::new(), |s| format!(" ({})", human_bytes(s)));
-    let order = a
-        .order
-        .map_or("order ?".to_owned(), |o| format!("order {o}{size}"));
-    let path = match a.path_detail {
-        Some(d) => format!("{} ({d})", a.path.replace('_', " ")),
-        None => a.path.replace('_', " "),
-    };
-    let place = a
-        .user_stack
-        .as_ref()
-        .and_then(|u| u.frames.iter().find(|f| f.function.is_some()))
-        .map_or(String::new(), |f| {
-            let loc = match (&f.file, f.line) {
-                (Some(file), Some(line)) => {
-                    let base = file.rsplit('/').next().unwrap_or(file);
-                    format!(" ({base}:{line})")
-                }
-                _ => String::new(),
-            };
-            format!(" in {}{loc}", f.function.as_deref().unwrap_or("?"))
-        });
-    let mut out = format!("{order} {path}{place}");
-    if let Some(mem) = ev.oom_memcg.as_ref().and_then(|m| m.memory.as_ref()) {
-        let b = |x: Option<u64>| x.map_or("?".to_owned(), human_bytes);
-        let limit = mem.limit_bytes.map_or("no".to_owned(), human_bytes);
-        match &mem.stat {
-            Some(s) => out.push_str(&format!(
-                "; memcg {limit} limit: anon {}, anon_thp {}, file {}, shmem {}",
-                b(s.anon),
-                b(s.anon_thp),
-                b(s.file),
-                b(s.shmem)
-            )),
-            None => out.push_str(&format!(
-                "; memcg {limit} limit, usage {}",
-                human_bytes(mem.usage_bytes)
-            )),
-        }
-    }
-    out
-}
-
-/// Returns freed heap pages to the kernel (glibc keeps them otherwise).
-fn trim_heap() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases free memory; no pointers are invalidated.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
+/// How often kernel-side drop counters are polled and the clock re-read when no record arrives.
+const TICK: Duration = Duration::from_secs(1);
 
 fn hostname(over: Option<String>) -> String {
     if let Some(h) = over {
@@ -363,8 +68,8 @@ fn hostname(over: Option<String>) -> String {
     }
 }
 
-pub async fn run(opts: Options) -> Result<()> {
-    let exec_boot_ns = Clock::now_boot_ns();
+/// Fails naming the capabilities `run` lacks; warns about those that only cost detail.
+fn require_privileges() -> Result<()> {
     let eff = caps::effective();
     let missing = caps::missing_for_run(eff);
     if !missing.is_empty() {
@@ -389,20 +94,11 @@ pub async fn run(opts: Options) -> Result<()> {
             "no CAP_SYSLOG: kernel stacks may stay as raw addresses (grant cap_syslog to symbolize them)"
         );
     }
-    // Handlers first: a SIGINT/SIGTERM from here on (while attaching, say) is a clean stop after
-    // the `start` record, not a kill.
-    let mut sigint = signal(SignalKind::interrupt()).context("failed to install SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("failed to install SIGTERM handler")?;
-    let clock = Clock::new();
-    let (sink, mut writer) = Sink::open(opts.format, opts.output.as_deref(), hostname(opts.host), clock)?;
+    Ok(())
+}
 
-    // Kallsyms takes tens of ms to parse: do it off the start-up path.
-    let ksyms = thread::spawn(|| {
-        Ksyms::load()
-            .map_err(|e| log::warn!("{e:#}: kernel stacks stay raw"))
-            .ok()
-    });
-
+/// What this kernel offers, with the run's options in the eBPF programs' configuration.
+fn probe(opts: &Options) -> KernelInfo {
     let mut info = KernelInfo::probe();
     info.cfg.all_signals = u32::from(opts.signals == Signals::All);
     info.cfg.filter_tgid = opts.filter.pid.unwrap_or(0);
@@ -434,72 +130,78 @@ pub async fn run(opts: Options) -> Result<()> {
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
         log::debug!("could not raise RLIMIT_MEMLOCK (fine on kernels >= 5.11)");
     }
+    info
+}
 
-    let mut attached = loader::attach(&info, opts.attach, opts.ring_size)?;
-    let report = attached.report.clone();
+pub async fn run(opts: Options) -> Result<()> {
+    let exec_boot_ns = Clock::now_boot_ns();
+    require_privileges()?;
+    // Handlers first: a SIGINT/SIGTERM from here on (while attaching, say) is a clean stop after
+    // the `start` record, not a kill.
+    let mut sigint = signal(SignalKind::interrupt()).context("failed to install SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("failed to install SIGTERM handler")?;
+    let (sink, mut writer) = Sink::open(
+        opts.format,
+        opts.output.as_deref(),
+        hostname(opts.host.clone()),
+        Clock::new(),
+    )?;
+
+    // Kallsyms takes tens of ms to parse: do it off the start-up path.
+    let ksyms = thread::spawn(|| {
+        Ksyms::load()
+            .map_err(|e| log::warn!("{e:#}: kernel stacks stay raw"))
+            .ok()
+    });
+
+    let mut info = probe(&opts);
+    let attached = loader::attach(&info, opts.attach, opts.ring_size)?;
+    let mut report = attached.report;
+    let mut ebpf = attached.ebpf;
     for f in &report.fallbacks {
         log::info!("not using {f}");
     }
     log::info!(
         "attached: mode {} (oom_kill_process: {}, mark_victim: {}, reclaim: {}, signal_generate: {}, process_exit: {})",
         report.mode,
-        report.oom_kill_process.unwrap_or("-"),
+        hook(report.oom_kill_process),
         report.mark_victim,
-        report.reclaim_begin.unwrap_or("-"),
-        report.signal_generate.unwrap_or("-"),
-        report.process_exit.unwrap_or("-")
+        hook(report.reclaim_begin),
+        hook(report.signal_generate),
+        hook(report.process_exit)
     );
     // Kernel BTF (~15 MB parsed) is only needed to attach: give it back before idling.
     let have_btf = info.btf.take().is_some();
-    trim_heap();
-    let (ring, drops) = loader::take_maps(&mut attached.ebpf)?;
+    crate::trim_heap();
+    let (ring, drops) = loader::take_maps(&mut ebpf)?;
     // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until the AsyncFd (its
     // owner from here on) is dropped.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("failed to poll the ring buffer: {e}"))?;
 
+    let (tx, rx) = queue::bounded::<Input>(PIPELINE_QUEUE_BYTES);
     let hierarchy = cgroup::detect();
-    let (memcg_tx, mut memcg_rx) = tokio::sync::mpsc::unbounded_channel();
-    let memcg_watch = match &hierarchy {
-        Some(h) => memcg_watch::spawn(h.clone(), memcg_tx)
-            .map_err(|e| log::warn!("memcg_oom records are off: {e:#}"))
-            .is_ok(),
-        None => false,
-    };
-    let mut resolver = cgroup::Resolver::new(hierarchy.clone());
-    resolver.walk();
-    let mut stream = Stream {
-        sink,
-        enricher: {
-            let mut e = Enricher::new(resolver, None, Machine::read());
-            e.gfp = Some(info.gfp.clone());
-            e.ustack = opts.user_stacks.then(crate::enrich::ustack::UserSymbolizer::new);
-            e
-        },
-        whodunit: Whodunit::default(),
-        filter: opts.filter.clone(),
-        ksyms: Some(ksyms),
-        mode: report.mode,
-        kills: 0,
-        ring_lost: 0,
-        ring_reported: 0,
-        decode_lost: 0,
-        decode_reported: 0,
-    };
-    let mut report = report;
-    if memcg_watch {
-        report.memcg_oom = hierarchy.as_ref().map(|h| {
-            if h.version == 1 {
-                "cgroup_v1_oom_control"
-            } else {
-                "cgroup_v2_memory_events"
+    if let Some(h) = &hierarchy {
+        let memcg_tx = tx.clone();
+        match memcg_watch::spawn(h.clone(), move |m| {
+            // Refused when full: counted as pipeline_backpressure.
+            memcg_tx.try_send(Input::MemcgOom(m), 256);
+            true
+        }) {
+            Ok(()) => {
+                report.memcg_oom = Some(if h.version == 1 {
+                    MemcgOomSource::CgroupV1OomControl
+                } else {
+                    MemcgOomSource::CgroupV2MemoryEvents
+                });
             }
-        });
+            Err(e) => log::warn!("memcg_oom records are off: {e:#}"),
+        }
     }
     let start = Start {
         version: env!("CARGO_PKG_VERSION"),
         kernel: kernel::release(),
-        attach: report,
+        attach: report.clone(),
         cgroup: CgroupReport {
             version: hierarchy.as_ref().map(|h| h.version),
             memory_controller: hierarchy.is_some(),
@@ -509,66 +211,66 @@ pub async fn run(opts: Options) -> Result<()> {
         ring_buffer_bytes: opts.ring_size,
         pid: std::process::id(),
     };
-    stream
-        .sink
-        .emit_control("start", Clock::now_boot_ns(), &start, None);
+    let mut resolver = cgroup::Resolver::new(hierarchy);
+    resolver.walk();
+    let (gfp, attach, filter, user_stacks) = (info.gfp.clone(), report.mode, opts.filter, opts.user_stacks);
+    let kills_paired = report.signal_generate.is_some();
+    let pipeline = stream::spawn(
+        stream::Parts {
+            sink,
+            start,
+            build: Box::new(move || {
+                let kills = OomKills::new(
+                    Machine::read(),
+                    Some(gfp),
+                    KernelSymbols::Loading(ksyms),
+                    user_stacks.then(UserSymbolizer::new),
+                );
+                Pipeline::new(Cgroups::new(resolver), kills, filter, attach, kills_paired)
+            }),
+        },
+        rx,
+    )?;
     if opts.format == Format::Text {
-        eprintln!("oomtrace: watching for OOM kills (mode {})", start.attach.mode);
+        eprintln!("oomtrace: watching for OOM kills (mode {})", report.mode);
     }
     log::debug!(
-        "start record after {} µs",
+        "pipeline started {} µs after exec",
         (Clock::now_boot_ns() - exec_boot_ns) / 1000
     );
-    // Now that readers know we are up, finish loading kernel symbols and give back the parse buffers.
-    if let Some(h) = stream.ksyms.take() {
-        stream.enricher.ksyms = h.join().ok().flatten().map(Arc::new);
-    }
-    trim_heap();
 
-    // The loop never waits for the output (see output.rs): a stuck reader costs records, counted
-    // in `lost` lines, never the kernel's ring buffer or the handling of SIGTERM.
-    let mut tick = tokio::time::interval(DROP_POLL);
+    // The loop never waits for the pipeline or the output: a stuck reader or a slow enrichment
+    // costs records, counted in `lost` lines, never the kernel's ring buffer or the handling of
+    // SIGTERM.
+    let mut tick = tokio::time::interval(TICK);
     let early_end = loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("failed to poll the ring buffer")?;
-                stream.drain(guard.get_inner_mut());
-                stream.report_losses(&drops, false);
+                drain(guard.get_inner_mut(), &tx, false);
+                tx.send(Input::Tick { ring_lost: loader::ring_drops(&drops) }, 0);
                 guard.clear_ready();
             }
-            Some(m) = memcg_rx.recv(), if memcg_watch => stream.memcg_oom(m),
-            _ = tick.tick() => {
-                stream.report_losses(&drops, false);
-                if stream.sink.drained_after_filling() {
-                    trim_heap();
-                }
-            }
-            () = writer.resume.notified() => stream.report_losses(&drops, false),
+            _ = tick.tick() => tx.send(Input::Tick { ring_lost: loader::ring_drops(&drops) }, 0),
+            () = writer.resume.notified() => tx.send(Input::Tick { ring_lost: loader::ring_drops(&drops) }, 0),
             r = &mut writer.done => break Some(r.unwrap_or_else(|_| Err(writer_died()))),
             _ = sigint.recv() => break None,
             _ = sigterm.recv() => break None,
         }
     };
+    // Whatever the kernel handed over before the signal is written before exit.
+    drain(ring.get_mut(), &tx, true);
+    tx.send(
+        Input::Stop {
+            ring_lost: loader::ring_drops(&drops),
+        },
+        0,
+    );
+    tx.close();
+    let ended = join(pipeline).await?;
     let result = match early_end {
         Some(r) => r,
-        None => {
-            // Whatever the kernel handed over before the signal is written before exit.
-            let t = Instant::now();
-            stream.drain(ring.get_mut());
-            stream.report_losses(&drops, true);
-            let stop = Stop {
-                reason: "signal",
-                oom_kills: stream.kills,
-                lost: stream.ring_lost + stream.decode_lost + stream.sink.dropped_total(),
-            };
-            stream
-                .sink
-                .emit_control("stop", Clock::now_boot_ns(), &stop, None);
-            stream.sink.close();
-            let r = flush(&mut writer, &stream.sink, &mut sigint, &mut sigterm).await;
-            log::debug!("output flushed in {:?} after the stop signal", t.elapsed());
-            r
-        }
+        None => flush(&mut writer, &ended, &mut sigint, &mut sigterm).await,
     };
     match result {
         Ok(()) => Ok(()),
@@ -578,6 +280,32 @@ pub async fn run(opts: Options) -> Result<()> {
         }
         Err(WriteError::Failed(e)) => Err(e),
     }
+}
+
+fn hook(a: Option<crate::event::Attach>) -> &'static str {
+    a.map_or("-", |a| a.as_str())
+}
+
+/// Moves every record the kernel has handed over into the pipeline's queue. At stop (`last`)
+/// they are queued past the bound: the last records of a run are never dropped.
+fn drain(ring: &mut RingBuf<MapData>, tx: &queue::Sender<Input>, last: bool) {
+    while let Some(item) = ring.next() {
+        let bytes: Box<[u8]> = (*item).into();
+        let n = bytes.len();
+        if last {
+            tx.send(Input::Record(bytes), n);
+        } else {
+            tx.try_send(Input::Record(bytes), n);
+        }
+    }
+}
+
+/// Waits for the pipeline thread without blocking the runtime's thread.
+async fn join(h: thread::JoinHandle<Ended>) -> Result<Ended> {
+    tokio::task::spawn_blocking(move || h.join())
+        .await
+        .context("failed to wait for the pipeline thread")?
+        .map_err(|_| anyhow::anyhow!("the pipeline thread died (see the panic above)"))
 }
 
 fn writer_died() -> WriteError {
@@ -590,9 +318,9 @@ fn writer_died() -> WriteError {
 /// SIGINT/SIGTERM), so that a reader that stopped reading cannot hold the stop forever.
 async fn flush(
     writer: &mut Writer,
-    sink: &Sink,
-    sigint: &mut tokio::signal::unix::Signal,
-    sigterm: &mut tokio::signal::unix::Signal,
+    ended: &Ended,
+    sigint: &mut Signal,
+    sigterm: &mut Signal,
 ) -> Result<(), WriteError> {
     let why = tokio::select! {
         r = &mut writer.done => return r.unwrap_or_else(|_| Err(writer_died())),
@@ -603,6 +331,6 @@ async fn flush(
     Err(WriteError::Failed(anyhow::anyhow!(
         "the output did not take the last {} line(s) {why}, the stop record among them: they are lost \
          (is the reader of the output stuck?)",
-        sink.unwritten()
+        ended.sink.unwritten()
     )))
 }

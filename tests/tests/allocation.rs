@@ -53,7 +53,9 @@ fn user_stack_names_the_allocating_function() {
     let us = &a["user_stack"];
     assert!(us["depth"].as_u64().unwrap() >= 2, "{us}");
     let frames = us["frames"].as_array().unwrap();
-    let named = frames.iter().any(|f| !f["function"].is_null());
+    // The innermost frames are the hog's own; a frame in a shared library (libc) may be named
+    // from a build-id cache even when the hog's own are not.
+    let named = !frames[0]["function"].is_null();
     if named {
         let frame = frames
             .iter()
@@ -96,8 +98,11 @@ fn user_stack_names_the_allocating_function() {
         }
         assert!(frames[0]["module_offset"].as_u64().is_some(), "{us}");
         assert!(
-            frames.iter().all(|f| f["function"].is_null()),
-            "no name without the trigger's mapping: {us}"
+            frames
+                .iter()
+                .filter(|f| f["build_id"] == frames[0]["build_id"])
+                .all(|f| f["function"].is_null()),
+            "no name for the hog's frames without the trigger's mapping: {us}"
         );
         let _ = std::io::Write::write_all(
             &mut std::io::stderr(),

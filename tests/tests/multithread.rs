@@ -66,7 +66,6 @@ fn summary(lines: &[Value], cg: &TestCgroup) -> String {
 /// A storm of multi-threaded hogs (as TensorFlow, Java and Go programs fault from many threads):
 /// each is OOM-killed once, and gets one record.
 #[test]
-#[ignore = "fails until the mark_victim shortcut fix lands (issue 10)"]
 fn multithreaded_storm_one_record_per_kill() {
     require_root_memcg!();
     let _lock = kill_lock();
@@ -168,7 +167,6 @@ impl Drop for Freezer {
 /// it cannot exit): oom_kill_process() marks it, which thaws it (mark_oom_victim() calls
 /// __thaw_task()), and kills nothing. The kernel counts no kill; oomtrace must report none.
 #[test]
-#[ignore = "fails until the mark_victim shortcut fix lands (issue 10)"]
 fn dying_victim_marked_without_a_kill_is_no_kill() {
     require_root_memcg!();
     // The v2 freezer lets fatal signals through (kernel/cgroup/freezer.c, v6.18), so a killed

@@ -10,50 +10,11 @@
 
 use std::{fs, path::Path};
 
+use crate::event::{Memory, Stat, StatSource};
 use oomtrace_common::MemcgLevel;
-use serde::Serialize;
 
 /// `PAGE_COUNTER_MAX` (LONG_MAX / PAGE_SIZE): no limit.
 const UNLIMITED_PAGES: u64 = 1 << 50;
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct Stat {
-    pub anon: Option<u64>,
-    pub file: Option<u64>,
-    /// Transparent huge pages (v2 `anon_thp`, v1 `rss_huge`).
-    pub anon_thp: Option<u64>,
-    pub shmem: Option<u64>,
-    pub file_mapped: Option<u64>,
-    /// v2 `kernel`; v1 `memory.kmem.usage_in_bytes`.
-    pub kernel: Option<u64>,
-    pub slab: Option<u64>,
-    pub sock: Option<u64>,
-    pub pagetables: Option<u64>,
-    /// Event counters (not bytes).
-    pub pgfault: Option<u64>,
-    pub pgmajfault: Option<u64>,
-    pub thp_fault_alloc: Option<u64>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Memory {
-    /// The `memory` page counter at the kill (kernel).
-    pub limit_bytes: Option<u64>,
-    pub usage_bytes: u64,
-    /// v1 `max_usage_in_bytes` / v2 `memory.peak`: the counter's watermark.
-    pub peak_bytes: Option<u64>,
-    /// v2 `memory.swap.max` / `memory.swap.current`.
-    pub swap_limit_bytes: Option<u64>,
-    pub swap_usage_bytes: Option<u64>,
-    /// v1 `memory.memsw.limit_in_bytes` / `memory.memsw.usage_in_bytes` (memory + swap).
-    pub memsw_limit_bytes: Option<u64>,
-    pub memsw_usage_bytes: Option<u64>,
-    /// Bytes (and event counts) from `memory.stat`; hierarchical (v1 `total_*`).
-    pub stat: Option<Stat>,
-    /// `cgroupfs` (read after the record arrived), or null when it could not be read (the cgroup is gone).
-    pub stat_source: Option<&'static str>,
-    pub stat_read_after_kill_ns: Option<u64>,
-}
 
 /// The breakdown of one memcg level, `version` being the cgroup version, `dir` its cgroupfs directory.
 pub fn memory(level: &MemcgLevel, page: u64, version: u8, dir: Option<&Path>, kill_ns: u64) -> Memory {
@@ -81,7 +42,7 @@ pub fn memory(level: &MemcgLevel, page: u64, version: u8, dir: Option<&Path>, ki
         swap_usage_bytes: swap.1,
         memsw_limit_bytes: memsw.0,
         memsw_usage_bytes: memsw.1,
-        stat_source: stat.is_some().then_some("cgroupfs"),
+        stat_source: stat.is_some().then_some(StatSource::Cgroupfs),
         stat_read_after_kill_ns: stat
             .is_some()
             .then(|| crate::kernel::clock::Clock::now_boot_ns().saturating_sub(kill_ns)),

@@ -3,13 +3,15 @@
 
 use std::{fs, sync::Arc};
 
-use oomtrace_common::{MemcgLevel, OomKill, VictimSource, flags};
+use oomtrace_common::{MemcgLevel, MmCounters, OomKill, VictimSource, flags};
 
 use crate::{
-    enrich::{memstat, ustack::UserSymbolizer},
-    event::{self, Allocation, Cgroup, OomMemcg, Trigger, Victim},
+    enrich::{cgroups::Cgroups, memstat, ustack::UserSymbolizer},
+    event::{
+        self, AllocPath, AllocSource, Allocation, Attach, Cgroup, Constraint, FaultKind, MemcgSource,
+        OomMemcg, Trigger, Victim,
+    },
     kernel::{
-        cgroup::Resolver,
         gfp::GfpBits,
         ksyms::{self, Ksyms},
         record::comm,
@@ -23,12 +25,12 @@ const UNLIMITED_PAGES: u64 = 1 << 50;
 const GROUP_WINDOW_NS: u64 = 1_000_000_000;
 
 /// `enum oom_constraint` (include/linux/oom.h, v6.18; unchanged since 2.6.35).
-fn constraint_name(c: u32) -> &'static str {
+fn constraint(c: u32) -> Constraint {
     match c {
-        1 => "cpuset",
-        2 => "mempolicy",
-        3 => "memcg",
-        _ => "global",
+        1 => Constraint::Cpuset,
+        2 => Constraint::Mempolicy,
+        3 => Constraint::Memcg,
+        _ => Constraint::Global,
     }
 }
 
@@ -65,14 +67,17 @@ impl Machine {
     }
 }
 
-pub struct Enricher {
-    pub cgroups: Resolver,
-    pub ksyms: Option<Arc<Ksyms>>,
-    pub machine: Machine,
+/// Builds `oom_kill` events: symbolizes the kernel and user stacks, reads what decays (the
+/// memory breakdown, the victim's THP), infers what the tracepoint modes cannot read, and groups
+/// the victims of one OOM (memory.oom.group) under one `kill_id`. Built complete; only the
+/// grouping state changes afterwards.
+pub struct OomKills {
+    machine: Machine,
     /// The running kernel's gfp flag bits (BTF enum, or a per-version table).
-    pub gfp: Option<GfpBits>,
+    gfp: Option<GfpBits>,
+    ksyms: KernelSymbols,
     /// None with --no-user-stacks.
-    pub ustack: Option<UserSymbolizer>,
+    ustack: Option<UserSymbolizer>,
     /// The previous record, to group one OOM's victims.
     last_kill: Option<LastKill>,
 }
@@ -107,43 +112,73 @@ struct LastKill {
     oom_memcg_id: u64,
 }
 
-impl Enricher {
-    pub fn new(cgroups: Resolver, ksyms: Option<Arc<Ksyms>>, machine: Machine) -> Self {
+/// Kernel symbols (/proc/kallsyms), loaded on a thread of their own at start (tens of ms):
+/// waited for the first time a kernel stack needs them.
+pub enum KernelSymbols {
+    Loading(std::thread::JoinHandle<Option<Ksyms>>),
+    /// None without CAP_SYSLOG or /proc/kallsyms: kernel stacks stay raw addresses.
+    Ready(Option<Arc<Ksyms>>),
+}
+
+impl KernelSymbols {
+    fn get(&mut self) -> Option<&Ksyms> {
+        if let Self::Loading(_) = self {
+            let Self::Loading(h) = std::mem::replace(self, Self::Ready(None)) else {
+                unreachable!()
+            };
+            *self = Self::Ready(h.join().ok().flatten().map(Arc::new));
+        }
+        match self {
+            Self::Ready(k) => k.as_deref(),
+            Self::Loading(_) => None,
+        }
+    }
+}
+
+/// What must be read from the system the moment a record arrives, before the victim has
+/// released it.
+struct Decaying {
+    oom_memory: Option<event::Memory>,
+    victim_memory: Option<event::Memory>,
+    anon_thp_kb: Option<u64>,
+}
+
+impl OomKills {
+    pub fn new(
+        machine: Machine,
+        gfp: Option<GfpBits>,
+        ksyms: KernelSymbols,
+        ustack: Option<UserSymbolizer>,
+    ) -> Self {
         Self {
-            cgroups,
-            ksyms,
             machine,
-            gfp: None,
-            ustack: None,
+            gfp,
+            ksyms,
+            ustack,
             last_kill: None,
         }
     }
 
-    pub fn cgroup(&mut self, id: u64, pid_hint: u32) -> Option<Cgroup> {
-        if id == 0 {
-            return None;
+    /// Warms the user-stack symbolizer (off the ring-buffer reading path) so that the first
+    /// kills do not wait for a cold one.
+    pub fn warm_up(&mut self) {
+        self.ksyms.get();
+        if let Some(u) = &mut self.ustack {
+            u.warm_up();
         }
-        let mut path = self.cgroups.path(id);
-        if path.is_none() && pid_hint != 0 {
-            path = self
-                .cgroups
-                .hint_pid(pid_hint)
-                .filter(|(i, _)| *i == id)
-                .map(|(_, p)| p);
-        }
-        Some(Cgroup { id, path })
     }
 
-    fn stack(&self, rec: &OomKill) -> Vec<String> {
+    fn kernel_stack(&mut self, rec: &OomKill) -> Vec<String> {
         let n = usize::try_from(rec.kstack_bytes.max(0)).unwrap_or(0) / 8;
         let frames = rec.kstack.iter().take(n.min(rec.kstack.len())).copied();
-        let mut out: Vec<String> = match &self.ksyms {
+        let ksyms = self.ksyms.get();
+        let mut out: Vec<String> = match ksyms {
             Some(k) => frames.map(|a| k.symbolize(a)).collect(),
             None => frames.map(|a| format!("{a:#x}")).collect(),
         };
         // Leading frames of the BPF program itself: its JIT image (a bare address unless
         // net.core.bpf_jit_kallsyms names it) and the tracepoint glue.
-        let symbolized = self.ksyms.is_some();
+        let symbolized = ksyms.is_some();
         let glue = out
             .iter()
             .take_while(|f| (symbolized && f.starts_with("0x")) || ksyms::is_bpf_glue(f))
@@ -152,166 +187,207 @@ impl Enricher {
         out
     }
 
-    /// The breakdown of the memcg at `level`, read now (the victim is releasing memory already).
-    fn memory_of(&mut self, level: &MemcgLevel, kill_ns: u64) -> memstat::Memory {
-        let version = self.cgroups.version().unwrap_or(2);
-        let dir = self.cgroups.path(level.id).and_then(|p| self.cgroups.dir_of(&p));
-        memstat::memory(level, self.machine.page_size, version, dir.as_deref(), kill_ns)
-    }
-
     /// Builds the event. `seq` is the sequence number this record will carry.
-    pub fn oom_kill(&mut self, rec: &OomKill, seq: u64, attach: &'static str) -> event::OomKill {
+    pub fn build(
+        &mut self,
+        rec: &OomKill,
+        seq: u64,
+        attach: Attach,
+        cgroups: &mut Cgroups,
+    ) -> event::OomKill {
         let mut inferred = Vec::new();
         let exact = rec.flags & flags::EXACT != 0;
-        let has = |f: u32| rec.flags & f != 0;
         let levels = &rec.memcg[..(rec.memcg_depth as usize).min(rec.memcg.len())];
-        let page = self.machine.page_size;
+        // First the trigger's memory map, gone the moment it exits (often microseconds after).
+        let user_stack = self.user_stack(rec);
+        let kernel_stack = self.kernel_stack(rec);
+        let group = self.group_of(rec, exact, &kernel_stack);
+        let oom_level = oom_level(rec, levels, exact, group);
+        let decaying = self.read_decaying(rec, levels, oom_level, cgroups);
+        let (oom_memcg, constraint, totalpages) = if exact {
+            self.exact_scope(rec, levels, decaying.oom_memory.clone(), cgroups)
+        } else {
+            inferred.extend(["oom_memcg", "constraint", "totalpages"]);
+            self.inferred_scope(levels, oom_level, decaying.oom_memory.clone(), cgroups)
+        };
+        let victim = self.victim(rec, totalpages, &decaying, cgroups, &mut inferred);
+        let t = &rec.trigger;
+        let trigger = Trigger {
+            pid: t.tgid,
+            tid: t.tid,
+            comm: comm(&t.comm),
+            cgroup: cgroups.name(t.memcg_id, t.tgid),
+        };
+        let allocation = self.allocation(rec, kernel_stack, user_stack, &mut inferred);
+        let kill_id = self.kill_id(rec, seq, exact, group, oom_level.map_or(0, |i| levels[i].id));
+        if !exact {
+            inferred.push("kill_id");
+        }
+        event::OomKill {
+            kill_id,
+            attach,
+            victim,
+            trigger,
+            oom_memcg,
+            constraint,
+            totalpages,
+            allocation,
+            inferred,
+        }
+    }
 
-        // First what decays: the cgroup's memory.stat and the victim's THP, while it still holds them.
-        let order_hint = if has(flags::RECLAIM) { rec.reclaim.order } else { 0 };
-        // One OOM can kill several tasks (memory.oom.group): they share a kill_id. With
-        // oom_control we know the kill exactly; otherwise a group member is recognised by its
-        // stack (mem_cgroup_scan_tasks -> oom_kill_memcg_member, mm/oom_kill.c v6.18), on the
-        // same trigger thread as the kill before it.
-        let kernel_stack = self.stack(rec);
+    /// One OOM can kill several tasks (memory.oom.group): they share a kill_id. With
+    /// oom_control we know the kill exactly; otherwise a group member is recognised by its stack
+    /// (mem_cgroup_scan_tasks -> oom_kill_memcg_member, mm/oom_kill.c v6.18), on the same trigger
+    /// thread as the kill before it. A whole group is killed within milliseconds; an older
+    /// previous line (its first member's record lost to a full ring buffer, say) is another OOM.
+    fn group_of(&self, rec: &OomKill, exact: bool, kernel_stack: &[String]) -> Option<LastKill> {
         let member = !exact
             && kernel_stack
                 .iter()
                 .any(|f| f.starts_with("oom_kill_memcg_member"));
-        // A whole group is killed within milliseconds; an older previous line (its first member's
-        // record lost to a full ring buffer, say) is another OOM.
-        let group = self.last_kill.filter(|k| {
+        self.last_kill.filter(|k| {
             member
                 && k.trigger_tid == rec.trigger.tid
                 && rec.ts_boot_ns.saturating_sub(k.ts_ns) < GROUP_WINDOW_NS
-        });
-        let oom_level = if exact {
-            levels
-                .iter()
-                .position(|l| l.id == rec.exact.memcg_id && rec.exact.memcg_id != 0)
-        } else if let Some(g) = group {
-            // The group's first victim was chosen at the limit; by the time the later members are
-            // killed the first ones may have freed memory, so the page counters alone would no
-            // longer point at the memcg. One OOM, one memcg (or none, as the first line said).
-            levels
-                .iter()
-                .position(|l| g.oom_memcg_id != 0 && l.id == g.oom_memcg_id)
-        } else {
-            infer_oom_memcg(levels, order_hint).or_else(|| {
-                // Nothing at its limit any more at mark_victim (in a storm, earlier victims free
-                // memory meanwhile): the memcg that was at its limit when this thread's reclaim
-                // began, right after its charge failed.
-                let r = &rec.reclaim;
-                (has(flags::RECLAIM) && r.kind == flags::RECLAIM_MEMCG && r.memcg_id != 0)
-                    .then(|| levels.iter().position(|l| l.id == r.memcg_id))
-                    .flatten()
-            })
-        };
-        let oom_memory = oom_level.map(|i| self.memory_of(&levels[i], rec.ts_boot_ns));
-        let victim_level = levels
-            .iter()
-            .position(|l| l.id == rec.victim.memcg_id && rec.victim.memcg_id != 0)
-            .filter(|&i| Some(i) != oom_level);
-        let victim_memory = victim_level.map(|i| self.memory_of(&levels[i], rec.ts_boot_ns));
-        let anon_thp_kb = match rec.victim.tgid {
-            0 => None,
-            pid => memstat::anon_thp_kb(pid),
-        };
-        let user_stack = match &mut self.ustack {
-            Some(u) => u.symbolize(
+        })
+    }
+
+    fn user_stack(&mut self, rec: &OomKill) -> Option<event::UserStack> {
+        self.ustack.as_mut().and_then(|u| {
+            u.symbolize(
                 rec.trigger.tgid,
                 rec.ustack_bytes,
                 &rec.ustack,
                 rec.ubuild_bytes,
                 &rec.ubuild,
-            ),
-            None => None,
-        };
+            )
+        })
+    }
 
-        // The memcg whose limit fired, the constraint and totalpages.
-        let (oom_memcg, constraint, totalpages) = if exact {
-            let e = &rec.exact;
-            let memcg = (e.memcg_id != 0).then(|| {
-                let lvl = levels.iter().find(|l| l.id == e.memcg_id);
-                OomMemcg {
-                    id: e.memcg_id,
-                    path: self.cgroups.path(e.memcg_id),
-                    source: "oom_control",
-                    limit_bytes: lvl.map(|l| l.max_pages.saturating_mul(page)),
-                    usage_bytes: lvl.map(|l| l.usage_pages.saturating_mul(page)),
-                    memory: oom_memory.clone(),
-                }
-            });
-            (memcg, constraint_name(e.constraint), Some(e.totalpages))
-        } else {
-            inferred.extend(["oom_memcg", "constraint", "totalpages"]);
-            match oom_level {
-                Some(i) => {
-                    let l = levels[i];
-                    let memcg = OomMemcg {
-                        id: l.id,
-                        path: self.cgroups.path(l.id),
-                        source: "inferred",
-                        limit_bytes: Some(l.max_pages.saturating_mul(page)),
-                        usage_bytes: Some(l.usage_pages.saturating_mul(page)),
-                        memory: oom_memory.clone(),
-                    };
-                    // mem_cgroup_get_max(): the limit plus the swap it may use (mm/memcontrol.c v6.18).
-                    (
-                        Some(memcg),
-                        "memcg",
-                        Some(l.max_pages.saturating_add(self.machine.swap_pages)),
-                    )
-                }
-                None => (
-                    None,
-                    "global",
-                    Some(self.machine.ram_pages + self.machine.swap_pages),
-                ),
+    /// Then what decays more slowly: the cgroups' memory.stat and the victim's THP, while they
+    /// still hold what they held at the kill.
+    fn read_decaying(
+        &self,
+        rec: &OomKill,
+        levels: &[MemcgLevel],
+        oom_level: Option<usize>,
+        cgroups: &mut Cgroups,
+    ) -> Decaying {
+        let page = self.machine.page_size;
+        let mut memory_of = |i: usize| cgroups.memory(&levels[i], page, rec.ts_boot_ns);
+        let oom_memory = oom_level.map(&mut memory_of);
+        let victim_memory = levels
+            .iter()
+            .position(|l| l.id == rec.victim.memcg_id && rec.victim.memcg_id != 0)
+            .filter(|&i| Some(i) != oom_level)
+            .map(&mut memory_of);
+        let anon_thp_kb = match rec.victim.tgid {
+            0 => None,
+            pid => memstat::anon_thp_kb(pid),
+        };
+        Decaying {
+            oom_memory,
+            victim_memory,
+            anon_thp_kb,
+        }
+    }
+
+    /// The memcg whose limit fired, the constraint and totalpages, from `struct oom_control`.
+    fn exact_scope(
+        &self,
+        rec: &OomKill,
+        levels: &[MemcgLevel],
+        memory: Option<event::Memory>,
+        cgroups: &mut Cgroups,
+    ) -> (Option<OomMemcg>, Constraint, Option<u64>) {
+        let page = self.machine.page_size;
+        let e = &rec.exact;
+        let memcg = (e.memcg_id != 0).then(|| {
+            let lvl = levels.iter().find(|l| l.id == e.memcg_id);
+            OomMemcg {
+                id: e.memcg_id,
+                path: cgroups.path(e.memcg_id),
+                source: MemcgSource::OomControl,
+                limit_bytes: lvl.map(|l| l.max_pages.saturating_mul(page)),
+                usage_bytes: lvl.map(|l| l.usage_pages.saturating_mul(page)),
+                memory,
             }
-        };
+        });
+        (memcg, constraint(e.constraint), Some(e.totalpages))
+    }
 
-        // Victim.
+    /// The same, inferred from the trigger's memcg hierarchy walk.
+    fn inferred_scope(
+        &self,
+        levels: &[MemcgLevel],
+        oom_level: Option<usize>,
+        memory: Option<event::Memory>,
+        cgroups: &mut Cgroups,
+    ) -> (Option<OomMemcg>, Constraint, Option<u64>) {
+        let m = &self.machine;
+        match oom_level {
+            Some(i) => {
+                let l = levels[i];
+                let memcg = OomMemcg {
+                    id: l.id,
+                    path: cgroups.path(l.id),
+                    source: MemcgSource::Inferred,
+                    limit_bytes: Some(l.max_pages.saturating_mul(m.page_size)),
+                    usage_bytes: Some(l.usage_pages.saturating_mul(m.page_size)),
+                    memory,
+                };
+                // mem_cgroup_get_max(): the limit plus the swap it may use (mm/memcontrol.c v6.18).
+                (
+                    Some(memcg),
+                    Constraint::Memcg,
+                    Some(l.max_pages.saturating_add(m.swap_pages)),
+                )
+            }
+            None => (None, Constraint::Global, Some(m.ram_pages + m.swap_pages)),
+        }
+    }
+
+    fn victim(
+        &self,
+        rec: &OomKill,
+        totalpages: Option<u64>,
+        decaying: &Decaying,
+        cgroups: &mut Cgroups,
+        inferred: &mut Vec<&'static str>,
+    ) -> Victim {
+        let has = |f: u32| rec.flags & f != 0;
         let v = &rec.victim;
         let mm = has(flags::VICTIM_MM).then_some(&rec.victim_mm);
         // Every counter (swap, hiwater too) was read from the victim's mm_struct: always with
         // tp_btf, and with the classic tracepoint when the victim was the trigger.
         let full_mm = has(flags::VICTIM_MM_TASK) || rec.victim_source == VictimSource::TpBtf as u8;
         let victim_tgid = if v.tgid != 0 { Some(v.tgid) } else { tgid_of(v.tid) };
-        let victim_cgroup = if has(flags::VICTIM_MEMCG) {
-            self.cgroup(v.memcg_id, victim_tgid.unwrap_or(0))
+        let cgroup = if has(flags::VICTIM_MEMCG) {
+            cgroups.name(v.memcg_id, victim_tgid.unwrap_or(0))
         } else {
             // Classic tracepoint, victim != trigger: ask procfs while the victim still exists.
             // Once it is exiting, /proc/<pid>/cgroup no longer names its cgroup (cgroup_exit() in
             // kernel/cgroup/cgroup.c, v6.18), so an answer counts only if it was read before.
             inferred.push("victim.cgroup");
-            self.cgroups
+            cgroups
                 .hint_pid(v.tid)
                 .filter(|_| !is_exiting(v.tid))
                 .map(|(id, path)| Cgroup { id, path: Some(path) })
         };
-        let points = if exact {
+        let points = if rec.flags & flags::EXACT != 0 {
             (rec.exact.chosen_tgid == v.tgid).then_some(rec.exact.chosen_points)
         } else {
-            // oom_badness(): rss + swap + page tables (in pages) + oom_score_adj * totalpages / 1000
-            // (mm/oom_kill.c, v6.18).
-            match (mm, has(flags::VICTIM_SCORE_ADJ), totalpages) {
-                (Some(m), true, Some(total)) if full_mm => {
-                    inferred.push("victim.points");
-                    // Saturating: a corrupt record must give a wrong number at worst, never a panic.
-                    let kb_per_page = (page / 1024).max(1);
-                    let rss_kb = [m.anon_rss_kb, m.file_rss_kb, m.shmem_rss_kb, m.swap_kb]
-                        .iter()
-                        .fold(0u64, |a, b| a.saturating_add(*b));
-                    let pages = (rss_kb / kb_per_page)
-                        .saturating_add(m.pgtables_kb.saturating_mul(1024) / page.max(1));
-                    let adj = i64::from(rec.victim_oom_score_adj).saturating_mul((total / 1000) as i64);
-                    Some((pages as i64).saturating_add(adj))
-                }
-                _ => None,
+            let p = mm
+                .filter(|_| full_mm && has(flags::VICTIM_SCORE_ADJ))
+                .zip(totalpages)
+                .map(|(m, total)| badness(m, rec.victim_oom_score_adj, total, self.machine.page_size));
+            if p.is_some() {
+                inferred.push("victim.points");
             }
+            p
         };
-        let victim = Victim {
+        Victim {
             pid: victim_tgid,
             tid: v.tid,
             comm: comm(&v.comm),
@@ -325,94 +401,135 @@ impl Enricher {
             pgtables_kb: mm.map(|m| m.pgtables_kb),
             swap_kb: mm.filter(|_| full_mm).map(|m| m.swap_kb),
             hiwater_rss_kb: mm.filter(|_| full_mm).map(hiwater_kb),
-            cgroup: victim_cgroup,
-            mm: mm.map(|m| {
-                let rss = m
-                    .anon_rss_kb
-                    .saturating_add(m.file_rss_kb)
-                    .saturating_add(m.shmem_rss_kb);
-                event::VictimMm {
-                    total_vm_kb: m.total_vm_kb,
-                    hiwater_rss_kb: full_mm.then(|| hiwater_kb(m)),
-                    anon_rss_kb: m.anon_rss_kb,
-                    file_rss_kb: m.file_rss_kb,
-                    shmem_rss_kb: m.shmem_rss_kb,
-                    swap_kb: full_mm.then_some(m.swap_kb),
-                    pgtables_kb: m.pgtables_kb,
-                    anon_thp_kb,
-                    overcommit_ratio: (rss > 0)
-                        .then(|| (m.total_vm_kb as f64 / rss as f64 * 100.0).round() / 100.0),
-                }
-            }),
-            cgroup_memory: victim_memory,
-        };
+            cgroup,
+            mm: mm.map(|m| victim_mm(m, full_mm, decaying.anon_thp_kb)),
+            cgroup_memory: decaying.victim_memory.clone(),
+        }
+    }
 
-        let t = &rec.trigger;
-        let trigger = Trigger {
-            pid: t.tgid,
-            tid: t.tid,
-            comm: comm(&t.comm),
-            cgroup: self.cgroup(t.memcg_id, t.tgid),
-        };
-
-        let (gfp_mask, order, source) = if exact {
+    fn allocation(
+        &self,
+        rec: &OomKill,
+        kernel_stack: Vec<String>,
+        user_stack: Option<event::UserStack>,
+        inferred: &mut Vec<&'static str>,
+    ) -> Allocation {
+        let (gfp_mask, order, source) = if rec.flags & flags::EXACT != 0 {
             (
                 Some(rec.exact.gfp_mask),
                 Some(rec.exact.order),
-                Some("oom_control"),
+                Some(AllocSource::OomControl),
             )
-        } else if has(flags::RECLAIM) {
+        } else if rec.flags & flags::RECLAIM != 0 {
             inferred.extend(["allocation.gfp_mask", "allocation.order"]);
             let src = if rec.reclaim.kind == flags::RECLAIM_DIRECT {
-                "direct_reclaim"
+                AllocSource::DirectReclaim
             } else {
-                "memcg_reclaim"
+                AllocSource::MemcgReclaim
             };
             (Some(rec.reclaim.gfp_mask), Some(rec.reclaim.order), Some(src))
         } else {
             (None, None, None)
         };
         let (path, path_detail) = classify(&kernel_stack, order);
-        let allocation = Allocation {
+        Allocation {
             gfp_mask: gfp_mask.map(|g| format!("{g:#x}")),
             gfp_flags: gfp_mask.and_then(|g| self.gfp.as_ref().map(|b| b.decode(g))),
-            size_bytes: order.filter(|o| (0..=20).contains(o)).map(|o| page << o),
+            size_bytes: order
+                .filter(|o| (0..=20).contains(o))
+                .map(|o| self.machine.page_size << o),
             order,
             source,
             path,
             path_detail,
             kernel_stack,
             user_stack,
-        };
+        }
+    }
 
+    /// The kill this victim belongs to (its first record's seq), remembered for the next record.
+    fn kill_id(
+        &mut self,
+        rec: &OomKill,
+        seq: u64,
+        exact: bool,
+        group: Option<LastKill>,
+        oom_memcg_id: u64,
+    ) -> u64 {
         let key = if exact { rec.exact.kill_ns } else { 0 };
+        let tid = rec.trigger.tid;
         let kill_id = match (self.last_kill, group) {
             (_, Some(g)) => g.kill_id,
-            (Some(k), _) if exact && k.trigger_tid == t.tid && k.key == key => k.kill_id,
+            (Some(k), _) if exact && k.trigger_tid == tid && k.key == key => k.kill_id,
             _ => seq,
         };
-        if !exact {
-            inferred.push("kill_id");
-        }
         self.last_kill = Some(LastKill {
             ts_ns: rec.ts_boot_ns,
-            trigger_tid: t.tid,
+            trigger_tid: tid,
             key,
             kill_id,
-            oom_memcg_id: oom_level.map_or(0, |i| levels[i].id),
+            oom_memcg_id,
         });
+        kill_id
+    }
+}
 
-        event::OomKill {
-            kill_id,
-            attach,
-            victim,
-            trigger,
-            oom_memcg,
-            constraint,
-            totalpages,
-            allocation,
-            inferred,
-        }
+/// Which level of the trigger's memcg walk is the memcg whose limit fired.
+fn oom_level(rec: &OomKill, levels: &[MemcgLevel], exact: bool, group: Option<LastKill>) -> Option<usize> {
+    if exact {
+        return levels
+            .iter()
+            .position(|l| l.id == rec.exact.memcg_id && rec.exact.memcg_id != 0);
+    }
+    if let Some(g) = group {
+        // The group's first victim was chosen at the limit; by the time the later members are
+        // killed the first ones may have freed memory, so the page counters alone would no
+        // longer point at the memcg. One OOM, one memcg (or none, as the first line said).
+        return levels
+            .iter()
+            .position(|l| g.oom_memcg_id != 0 && l.id == g.oom_memcg_id);
+    }
+    let r = &rec.reclaim;
+    let reclaimed = rec.flags & flags::RECLAIM != 0;
+    let order_hint = if reclaimed { r.order } else { 0 };
+    infer_oom_memcg(levels, order_hint).or_else(|| {
+        // Nothing at its limit any more at mark_victim (in a storm, earlier victims free memory
+        // meanwhile): the memcg that was at its limit when this thread's reclaim began, right
+        // after its charge failed.
+        (reclaimed && r.kind == flags::RECLAIM_MEMCG && r.memcg_id != 0)
+            .then(|| levels.iter().position(|l| l.id == r.memcg_id))
+            .flatten()
+    })
+}
+
+/// oom_badness(): rss + swap + page tables (in pages) + oom_score_adj * totalpages / 1000
+/// (mm/oom_kill.c, v6.18). Saturating: a corrupt record must give a wrong number at worst, never
+/// a panic.
+fn badness(m: &MmCounters, oom_score_adj: i32, totalpages: u64, page: u64) -> i64 {
+    let kb_per_page = (page / 1024).max(1);
+    let rss_kb = [m.anon_rss_kb, m.file_rss_kb, m.shmem_rss_kb, m.swap_kb]
+        .iter()
+        .fold(0u64, |a, b| a.saturating_add(*b));
+    let pages = (rss_kb / kb_per_page).saturating_add(m.pgtables_kb.saturating_mul(1024) / page.max(1));
+    let adj = i64::from(oom_score_adj).saturating_mul((totalpages / 1000) as i64);
+    (pages as i64).saturating_add(adj)
+}
+
+fn victim_mm(m: &MmCounters, full_mm: bool, anon_thp_kb: Option<u64>) -> event::VictimMm {
+    let rss = m
+        .anon_rss_kb
+        .saturating_add(m.file_rss_kb)
+        .saturating_add(m.shmem_rss_kb);
+    event::VictimMm {
+        total_vm_kb: m.total_vm_kb,
+        hiwater_rss_kb: full_mm.then(|| hiwater_kb(m)),
+        anon_rss_kb: m.anon_rss_kb,
+        file_rss_kb: m.file_rss_kb,
+        shmem_rss_kb: m.shmem_rss_kb,
+        swap_kb: full_mm.then_some(m.swap_kb),
+        pgtables_kb: m.pgtables_kb,
+        anon_thp_kb,
+        overcommit_ratio: (rss > 0).then(|| (m.total_vm_kb as f64 / rss as f64 * 100.0).round() / 100.0),
     }
 }
 
@@ -435,9 +552,9 @@ fn is_exiting(tid: u32) -> bool {
 /// Where an allocation came from, read from its kernel stack (innermost frame first), e.g.
 /// `do_anonymous_page` -> a user page fault on anonymous memory; `do_huge_pmd_anonymous_page` ->
 /// a transparent-huge-page fault (function names of mm/memory.c and mm/huge_memory.c, v6.18).
-pub fn classify(stack: &[String], order: Option<i32>) -> (&'static str, Option<&'static str>) {
+pub fn classify(stack: &[String], order: Option<i32>) -> (AllocPath, Option<FaultKind>) {
     if order == Some(-1) {
-        return ("sysrq", None);
+        return (AllocPath::Sysrq, None);
     }
     let names: Vec<&str> = stack.iter().map(|f| f.split('+').next().unwrap_or("")).collect();
     let has = |pats: &[&str]| names.iter().any(|n| pats.iter().any(|p| n.starts_with(p)));
@@ -453,7 +570,7 @@ pub fn classify(stack: &[String], order: Option<i32>) -> (&'static str, Option<&
         "do_huge_pmd_wp_page",
         "vma_alloc_anon_folio_pmd",
     ]) {
-        return ("thp_fault", Some("anonymous"));
+        return (AllocPath::ThpFault, Some(FaultKind::Anonymous));
     }
     if fault {
         let file = has(&[
@@ -463,7 +580,14 @@ pub fn classify(stack: &[String], order: Option<i32>) -> (&'static str, Option<&
             "__do_fault",
             "shmem_fault",
         ]) && !has(&["do_anonymous_page"]);
-        return ("page_fault", Some(if file { "file" } else { "anonymous" }));
+        return (
+            AllocPath::PageFault,
+            Some(if file {
+                FaultKind::File
+            } else {
+                FaultKind::Anonymous
+            }),
+        );
     }
     if has(&[
         "kmem_cache_alloc",
@@ -473,7 +597,7 @@ pub fn classify(stack: &[String], order: Option<i32>) -> (&'static str, Option<&
         "allocate_slab",
         "new_slab",
     ]) {
-        return ("slab", None);
+        return (AllocPath::Slab, None);
     }
     if has(&[
         "filemap_add_folio",
@@ -482,7 +606,7 @@ pub fn classify(stack: &[String], order: Option<i32>) -> (&'static str, Option<&
         "pagecache_get_page",
         "filemap_alloc_folio",
     ]) {
-        return ("page_cache", None);
+        return (AllocPath::PageCache, None);
     }
     if has(&[
         "try_charge_memcg",
@@ -490,14 +614,14 @@ pub fn classify(stack: &[String], order: Option<i32>) -> (&'static str, Option<&
         "__mem_cgroup_charge",
         "obj_cgroup_charge",
     ]) {
-        return ("memcg_charge", None);
+        return (AllocPath::MemcgCharge, None);
     }
-    ("other", None)
+    (AllocPath::Other, None)
 }
 
 /// `mm->hiwater_rss` is only updated lazily (on unmap, exit); the peak is at least the current
 /// rss — what get_mm_hiwater_rss() computes (include/linux/mm.h, v6.18).
-fn hiwater_kb(m: &oomtrace_common::MmCounters) -> u64 {
+fn hiwater_kb(m: &MmCounters) -> u64 {
     m.hiwater_rss_kb.max(
         m.anon_rss_kb
             .saturating_add(m.file_rss_kb)
@@ -515,16 +639,32 @@ pub(crate) fn tgid_of(tid: u32) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::cgroup::Resolver;
     use crate::kernel::record::tests::sample;
 
     /// 4 KiB pages, 4 GiB of RAM, no swap; no cgroup hierarchy.
+    /// Builds events the way the pipeline does, against no cgroup hierarchy.
+    struct Enricher {
+        kills: OomKills,
+        cgroups: Cgroups,
+    }
+
+    impl Enricher {
+        fn oom_kill(&mut self, rec: &OomKill, seq: u64, attach: Attach) -> event::OomKill {
+            self.kills.build(rec, seq, attach, &mut self.cgroups)
+        }
+    }
+
     fn enricher(ksyms: Option<Arc<Ksyms>>) -> Enricher {
         let machine = Machine {
             page_size: 4096,
             ram_pages: 1 << 20,
             swap_pages: 0,
         };
-        Enricher::new(Resolver::new(None), ksyms, machine)
+        Enricher {
+            kills: OomKills::new(machine, None, KernelSymbols::Ready(ksyms), None),
+            cgroups: Cgroups::new(Resolver::new(None)),
+        }
     }
 
     fn lvl(id: u64, usage: u64, max: u64) -> MemcgLevel {
@@ -551,7 +691,10 @@ mod tests {
             "handle_mm_fault",
             "exc_page_fault",
         ]);
-        assert_eq!(classify(&anon, Some(0)), ("page_fault", Some("anonymous")));
+        assert_eq!(
+            classify(&anon, Some(0)),
+            (AllocPath::PageFault, Some(FaultKind::Anonymous))
+        );
         let file = frames(&[
             "out_of_memory",
             "try_charge_memcg",
@@ -559,14 +702,20 @@ mod tests {
             "__do_fault",
             "handle_mm_fault",
         ]);
-        assert_eq!(classify(&file, Some(0)), ("page_fault", Some("file")));
+        assert_eq!(
+            classify(&file, Some(0)),
+            (AllocPath::PageFault, Some(FaultKind::File))
+        );
         let thp = frames(&[
             "__alloc_pages_slowpath",
             "vma_alloc_folio",
             "do_huge_pmd_anonymous_page",
             "handle_mm_fault",
         ]);
-        assert_eq!(classify(&thp, Some(9)), ("thp_fault", Some("anonymous")));
+        assert_eq!(
+            classify(&thp, Some(9)),
+            (AllocPath::ThpFault, Some(FaultKind::Anonymous))
+        );
         let slab = frames(&[
             "out_of_memory",
             "__alloc_pages_slowpath",
@@ -575,7 +724,7 @@ mod tests {
             "kmem_cache_alloc_noprof",
             "__x64_sys_openat",
         ]);
-        assert_eq!(classify(&slab, Some(0)), ("slab", None));
+        assert_eq!(classify(&slab, Some(0)), (AllocPath::Slab, None));
         let pc = frames(&[
             "out_of_memory",
             "try_charge_memcg",
@@ -583,7 +732,7 @@ mod tests {
             "page_cache_ra_unbounded",
             "vfs_read",
         ]);
-        assert_eq!(classify(&pc, Some(0)), ("page_cache", None));
+        assert_eq!(classify(&pc, Some(0)), (AllocPath::PageCache, None));
         let charge = frames(&[
             "out_of_memory",
             "try_charge_memcg",
@@ -591,12 +740,12 @@ mod tests {
             "shmem_alloc_folio",
             "vfs_write",
         ]);
-        assert_eq!(classify(&charge, Some(0)), ("memcg_charge", None));
+        assert_eq!(classify(&charge, Some(0)), (AllocPath::MemcgCharge, None));
         assert_eq!(
             classify(&frames(&["sysrq_handle_moom"]), Some(-1)),
-            ("sysrq", None)
+            (AllocPath::Sysrq, None)
         );
-        assert_eq!(classify(&[], None), ("other", None));
+        assert_eq!(classify(&[], None), (AllocPath::Other, None));
     }
 
     #[test]
@@ -625,7 +774,7 @@ mod tests {
     fn builds_an_inferred_event_from_a_tp_btf_record() {
         let mut e = enricher(None);
         let rec = sample();
-        let ev = e.oom_kill(&rec, 7, "tp_btf");
+        let ev = e.oom_kill(&rec, 7, Attach::TpBtf);
         assert_eq!(ev.kill_id, 7);
         assert_eq!(ev.victim.pid, Some(100));
         assert_eq!(ev.victim.comm, "hog");
@@ -633,9 +782,9 @@ mod tests {
         let m = ev.oom_memcg.as_ref().unwrap();
         assert_eq!(
             (m.id, m.source, m.limit_bytes),
-            (4242, "inferred", Some(16384 * 4096))
+            (4242, MemcgSource::Inferred, Some(16384 * 4096))
         );
-        assert_eq!(ev.constraint, "memcg");
+        assert_eq!(ev.constraint, Constraint::Memcg);
         assert_eq!(ev.totalpages, Some(16384));
         assert!(ev.inferred.contains(&"oom_memcg"));
         assert_eq!(ev.allocation.gfp_mask, None);
@@ -643,7 +792,7 @@ mod tests {
         // a second, unrelated kill by another trigger gets its own id
         let mut rec2 = sample();
         rec2.trigger.tid = 999;
-        assert_eq!(e.oom_kill(&rec2, 9, "tp_btf").kill_id, 9);
+        assert_eq!(e.oom_kill(&rec2, 9, Attach::TpBtf).kill_id, 9);
     }
 
     #[test]
@@ -658,14 +807,14 @@ mod tests {
         rec.exact.gfp_mask = 0x140cca;
         rec.exact.chosen_tgid = 100;
         rec.exact.chosen_points = 1234;
-        let a = e.oom_kill(&rec, 1, "fentry");
-        let b = e.oom_kill(&rec, 2, "fentry");
+        let a = e.oom_kill(&rec, 1, Attach::Fentry);
+        let b = e.oom_kill(&rec, 2, Attach::Fentry);
         rec.exact.kill_ns = 56;
-        let c = e.oom_kill(&rec, 3, "fentry");
+        let c = e.oom_kill(&rec, 3, Attach::Fentry);
         assert_eq!((a.kill_id, b.kill_id, c.kill_id), (1, 1, 3));
         assert_eq!(a.allocation.gfp_mask.as_deref(), Some("0x140cca"));
         assert_eq!(a.victim.points, Some(1234));
-        assert_eq!(a.oom_memcg.unwrap().source, "oom_control");
+        assert_eq!(a.oom_memcg.unwrap().source, MemcgSource::OomControl);
         assert!(a.inferred.is_empty());
     }
 
@@ -680,7 +829,7 @@ mod tests {
         );
         let mut e = enricher(Some(Arc::new(ksyms)));
         let first = sample();
-        let a = e.oom_kill(&first, 1, "tracepoint");
+        let a = e.oom_kill(&first, 1, Attach::Tracepoint);
         assert_eq!(a.oom_memcg.as_ref().map(|m| m.id), Some(4242));
         let mut member = sample();
         member.victim.tgid = 300;
@@ -689,21 +838,21 @@ mod tests {
         member.kstack[0] = 0xffff_ffff_8100_1010;
         member.kstack[1] = 0xffff_ffff_8100_2010;
         member.kstack_bytes = 16;
-        let b = e.oom_kill(&member, 2, "tracepoint");
+        let b = e.oom_kill(&member, 2, Attach::Tracepoint);
         assert_eq!(b.kill_id, 1);
         assert_eq!(b.oom_memcg.as_ref().map(|m| m.id), Some(4242));
-        assert_eq!(b.constraint, "memcg");
+        assert_eq!(b.constraint, Constraint::Memcg);
         // The same counters without the member frame: a new kill, and nothing at its limit.
         let mut other = member;
         other.kstack[0] = 0xffff_ffff_8100_0010;
         other.kstack_bytes = 8;
-        let c = e.oom_kill(&other, 3, "tracepoint");
+        let c = e.oom_kill(&other, 3, Attach::Tracepoint);
         assert_eq!(c.kill_id, 3);
         assert!(c.oom_memcg.is_none());
         // A member-looking line 2 s after the previous one belongs to another OOM.
         let mut late = member;
         late.ts_boot_ns += 2_000_000_000;
-        assert_eq!(e.oom_kill(&late, 4, "tracepoint").kill_id, 4);
+        assert_eq!(e.oom_kill(&late, 4, Attach::Tracepoint).kill_id, 4);
     }
 
     /// Nothing at its limit at mark_victim any more: the memcg that was at its limit when the
@@ -721,13 +870,13 @@ mod tests {
             kind: flags::RECLAIM_MEMCG,
             memcg_id: 4242,
         };
-        let a = e.oom_kill(&rec, 1, "tp_btf");
+        let a = e.oom_kill(&rec, 1, Attach::TpBtf);
         assert_eq!(a.oom_memcg.as_ref().map(|m| m.id), Some(4242));
-        assert_eq!(a.constraint, "memcg");
+        assert_eq!(a.constraint, Constraint::Memcg);
         rec.reclaim.kind = flags::RECLAIM_DIRECT;
         rec.reclaim.memcg_id = 0;
-        let b = e.oom_kill(&rec, 2, "tp_btf");
+        let b = e.oom_kill(&rec, 2, Attach::TpBtf);
         assert!(b.oom_memcg.is_none());
-        assert_eq!(b.constraint, "global");
+        assert_eq!(b.constraint, Constraint::Global);
     }
 }

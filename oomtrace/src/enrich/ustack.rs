@@ -46,7 +46,8 @@ use blazesym::symbolize::source::{Elf, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer};
 use blazesym::{ErrorKind, Pid};
 use oomtrace_common::{BuildIdFrame, USTACK_BUILD_ID_DEPTH, USTACK_DEPTH};
-use serde::Serialize;
+
+use crate::event::{self, UserFrame, UserStack};
 
 /// `BPF_STACK_BUILD_ID_VALID`: `build_id` and `offset_or_ip` (a file offset) are set.
 const BUILD_ID_VALID: i32 = 1;
@@ -58,48 +59,6 @@ const KERNEL_BUILD_ID_LEN: usize = 20;
 const MAX_MODULES: usize = 128;
 /// Smallest page size: `ip - file offset` is a multiple of it for any IP inside a file mapping.
 const MIN_PAGE: u64 = 4096;
-
-/// One user frame.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct UserFrame {
-    /// Instruction pointer, hex "0x55d0c0a1b2c3". Empty when only the kernel's build-id capture has
-    /// this frame and it reported a file offset rather than the IP.
-    pub addr: String,
-    /// Demangled symbol name.
-    pub function: Option<String>,
-    /// `addr` - symbol start.
-    pub function_offset: Option<u64>,
-    /// Source file (with its directory when known). For code inlined into `function`, the line in
-    /// `function` that the inlined call came from.
-    pub file: Option<String>,
-    pub line: Option<u32>,
-    /// Path of the mapped ELF file, as the kernel shows it (with " (deleted)" for a removed file).
-    pub module: Option<String>,
-    /// File offset of `addr` within `module`.
-    pub module_offset: Option<u64>,
-    /// Lowercase hex. From the kernel's capture alone, it is the kernel's 20-byte field (a shorter
-    /// id is followed by zeros).
-    pub build_id: Option<String>,
-}
-
-/// The trigger's user stack at the kill.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct UserStack {
-    pub frames: Vec<UserFrame>,
-    /// Frames captured by the kernel.
-    pub depth: usize,
-    /// True when the kernel's capture filled the whole buffer (USTACK_DEPTH frames; the build-id
-    /// capture's USTACK_BUILD_ID_DEPTH when only that one worked): deeper frames were cut.
-    pub truncated: bool,
-    /// "process" (symbolized against the live trigger's own memory map), "build_id" (process gone:
-    /// module/offset/build id from the kernel's build-id capture, names only where the module path
-    /// could be resolved from a build-id cache of modules seen earlier), "none" (no symbolization
-    /// possible: raw addresses only).
-    pub symbolized: &'static str,
-    /// Why symbolization was partial or impossible (e.g. "the trigger had exited: /proc/4242/maps is
-    /// gone"), or the capture error ("bpf_get_stack: -14").
-    pub note: Option<String>,
-}
 
 /// Identity of a file's contents as far as the file system tells: blazesym keys its cache the same way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -215,6 +174,20 @@ impl UserSymbolizer {
         }
     }
 
+    /// Loads the C library's symbols (every process maps it; as a file it is the same one in
+    /// most containers of a node's images too) by symbolizing an address of our own inside it,
+    /// so that the first kills do not pay for a cold start.
+    pub fn warm_up(&mut self) {
+        let ip = libc::malloc as *const () as usize as u64;
+        let st = self.symbolize(std::process::id(), 8, &[ip], 0, &[]);
+        log::debug!(
+            "user-stack symbolizer warmed: {:?}",
+            st.as_ref()
+                .and_then(|s| s.frames.first())
+                .and_then(|f| f.function.as_deref())
+        );
+    }
+
     /// `pid` is the trigger's tgid. Returns None when capture was off (ustack_bytes == 0 and
     /// ubuild_bytes == 0).
     pub fn symbolize(
@@ -266,13 +239,13 @@ impl UserSymbolizer {
             }
         }
 
-        let mut symbolized = "none";
+        let mut symbolized = event::Symbolized::None;
         if !ips.is_empty() {
             if pid == 0 {
                 notes.push("no trigger pid".into());
             } else {
                 match self.place_in_process(pid, ips, kframes, &mut work, &mut notes) {
-                    Ok(()) => symbolized = "process",
+                    Ok(()) => symbolized = event::Symbolized::Process,
                     Err(why) => {
                         notes.push(why);
                         work.iter_mut().for_each(Work::reset);
@@ -280,8 +253,8 @@ impl UserSymbolizer {
                 }
             }
         }
-        if symbolized != "process" && self.place_by_kernel_build_ids(kframes, &mut work) {
-            symbolized = "build_id";
+        if symbolized != event::Symbolized::Process && self.place_by_kernel_build_ids(kframes, &mut work) {
+            symbolized = event::Symbolized::BuildId;
         }
         self.name_frames(&mut work, &mut notes);
 
@@ -671,7 +644,7 @@ mod tests {
         // function's first byte (looked up at addr-1, i.e. the start).
         let ips = [known_ip(), known_ip() + 1];
         let st = s.symbolize(std::process::id(), bytes(2), &ips, 0, &[]).unwrap();
-        assert_eq!(st.symbolized, "process", "{st:?}");
+        assert_eq!(st.symbolized.as_str(), "process", "{st:?}");
         assert_eq!((st.depth, st.truncated), (2, false));
         for (i, f) in st.frames.iter().enumerate() {
             assert_eq!(f.addr, format!("{:#x}", ips[i]));
@@ -699,7 +672,7 @@ mod tests {
         let mut s = UserSymbolizer::new();
         let ip = libc::getpid as *const () as usize as u64 + 1;
         let st = s.symbolize(std::process::id(), bytes(1), &[ip], 0, &[]).unwrap();
-        assert_eq!(st.symbolized, "process", "{st:?}");
+        assert_eq!(st.symbolized.as_str(), "process", "{st:?}");
         let f = &st.frames[0];
         assert!(f.function.as_deref().unwrap().contains("getpid"), "{f:?}");
         assert_eq!(f.function_offset, Some(1));
@@ -749,7 +722,7 @@ mod tests {
             .unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
-        assert_eq!(st.symbolized, "process", "{st:?}");
+        assert_eq!(st.symbolized.as_str(), "process", "{st:?}");
         let f = &st.frames[0];
         assert!(f.function.as_deref().unwrap().ends_with("known_fn"), "{f:?}");
         assert_eq!(f.module, Some(format!("{} (deleted)", link.display())));
@@ -780,7 +753,7 @@ mod tests {
 
         // A matching capture confirms the process result and supplies a build id if the file has none.
         let st = s.symbolize(pid, bytes(1), &ips, 32, &[valid(&id, off)]).unwrap();
-        assert_eq!(st.symbolized, "process", "{st:?}");
+        assert_eq!(st.symbolized.as_str(), "process", "{st:?}");
         assert_eq!(st.frames[0].build_id, Some(hex(&id)));
         assert!(st.frames[0].function.is_some());
 
@@ -790,7 +763,7 @@ mod tests {
         let st = s
             .symbolize(pid, bytes(1), &ips, 32, &[valid(&other, off)])
             .unwrap();
-        assert_eq!(st.symbolized, "build_id", "{st:?}");
+        assert_eq!(st.symbolized.as_str(), "build_id", "{st:?}");
         assert!(
             st.note.as_deref().unwrap().contains("no longer matches"),
             "{st:?}"
@@ -805,7 +778,7 @@ mod tests {
         let st = s
             .symbolize(pid, bytes(1), &ips, 64, &[valid(&other, off), valid(&other, off)])
             .unwrap();
-        assert_eq!(st.symbolized, "process", "{st:?}");
+        assert_eq!(st.symbolized.as_str(), "process", "{st:?}");
         assert!(st.note.as_deref().unwrap().contains("does not line up"));
     }
 
@@ -815,7 +788,7 @@ mod tests {
         let pid = dead_pid();
         let ips = [known_ip(), 0x7f00_dead_beef];
         let st = s.symbolize(pid, bytes(2), &ips, 0, &[]).unwrap();
-        assert_eq!(st.symbolized, "none", "{st:?}");
+        assert_eq!(st.symbolized.as_str(), "none", "{st:?}");
         assert!(
             st.note
                 .as_deref()
@@ -846,7 +819,7 @@ mod tests {
             k[1],
         ];
         let st = s.symbolize(pid, bytes(2), &ips, 64, &k).unwrap();
-        assert_eq!(st.symbolized, "build_id", "{st:?}");
+        assert_eq!(st.symbolized.as_str(), "build_id", "{st:?}");
         assert_eq!(st.frames[0].build_id, Some("11".repeat(20)));
         assert_eq!(st.frames[0].module_offset, Some(ips[0] & 0xfff));
         assert!(
@@ -879,7 +852,7 @@ mod tests {
         // The same capture arriving after the process died: names come from the cached module only
         // because its build id matches exactly.
         let st = s.symbolize(dead_pid(), bytes(2), &ips, 64, &k).unwrap();
-        assert_eq!(st.symbolized, "build_id", "{st:?}");
+        assert_eq!(st.symbolized.as_str(), "build_id", "{st:?}");
         for (a, b) in st.frames.iter().zip(&live.frames) {
             assert_eq!(a, b);
         }
@@ -928,7 +901,7 @@ mod tests {
         let pid = std::process::id();
         let ips = [known_ip()];
         let st = s.symbolize(pid, bytes(1), &ips, 0, &[]).unwrap();
-        assert_eq!(st.symbolized, "process", "{st:?}");
+        assert_eq!(st.symbolized.as_str(), "process", "{st:?}");
         assert!(
             st.note.as_deref().unwrap().contains("cannot open /proc/"),
             "{st:?}"
@@ -970,7 +943,7 @@ mod tests {
         }
         let st = s.symbolize(pid, bytes(1), &[known_ip()], 0, &[]).unwrap();
         child.wait().unwrap();
-        assert_eq!(st.symbolized, "none", "{st:?}");
+        assert_eq!(st.symbolized.as_str(), "none", "{st:?}");
         assert!(st.note.as_deref().unwrap().contains("is empty"), "{st:?}");
         assert_eq!(st.frames[0].function, None);
     }
@@ -982,7 +955,10 @@ mod tests {
         assert_eq!(s.symbolize(pid, 0, &[0; 32], 0, &[]), None);
 
         let st = s.symbolize(pid, -14, &[0; 32], 0, &[]).unwrap();
-        assert_eq!((st.depth, st.truncated, st.symbolized), (0, false, "none"));
+        assert_eq!(
+            (st.depth, st.truncated, st.symbolized.as_str()),
+            (0, false, "none")
+        );
         assert!(st.frames.is_empty());
         assert_eq!(st.note.as_deref(), Some("bpf_get_stack: -14"));
 

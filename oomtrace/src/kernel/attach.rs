@@ -13,7 +13,7 @@ use clap::ValueEnum;
 use oomtrace_common::{Config, drop_reason};
 
 use crate::{
-    event::AttachReport,
+    event::{Attach, AttachReport},
     kernel::{btf, layout, tracefs},
 };
 
@@ -37,12 +37,17 @@ pub enum AttachMode {
 
 impl AttachMode {
     pub fn name(self) -> &'static str {
+        self.attach().map_or("auto", Attach::as_str)
+    }
+
+    /// The one mode asked for, or None for auto.
+    pub fn attach(self) -> Option<Attach> {
         match self {
-            Self::Auto => "auto",
-            Self::Fentry => "fentry",
-            Self::Kprobe => "kprobe",
-            Self::TpBtf => "tp_btf",
-            Self::Tracepoint => "tracepoint",
+            Self::Auto => None,
+            Self::Fentry => Some(Attach::Fentry),
+            Self::Kprobe => Some(Attach::Kprobe),
+            Self::TpBtf => Some(Attach::TpBtf),
+            Self::Tracepoint => Some(Attach::Tracepoint),
         }
     }
 }
@@ -171,12 +176,12 @@ pub fn load(info: &KernelInfo, ring_bytes: u32, classic: bool) -> Result<Ebpf> {
 }
 
 /// Attaches every hook in the best mode `want` allows, recording why better modes failed.
+/// Each step is one hook family; the report is built from what they attached.
 pub fn attach(info: &KernelInfo, want: AttachMode, ring_bytes: u32) -> Result<Attached> {
     // Classic tracepoints are the last resort; the tid map they need is only worth its kernel
     // memory when they are asked for or nothing better can work.
     let classic_expected = want == AttachMode::Tracepoint || info.btf.is_none();
-    let mut ebpf = load(info, ring_bytes, classic_expected)?;
-    let mut report = AttachReport::default();
+    let ebpf = load(info, ring_bytes, classic_expected)?;
     let aya_btf = if info.btf.is_some() && want != AttachMode::Tracepoint {
         let t = Instant::now();
         let b = aya::Btf::from_sys_fs().map_err(|e| log::warn!("failed to parse kernel BTF with aya: {e}"));
@@ -185,175 +190,242 @@ pub fn attach(info: &KernelInfo, want: AttachMode, ring_bytes: u32) -> Result<At
     } else {
         None
     };
+    let mut a = Attacher {
+        ebpf,
+        info,
+        want,
+        btf: aya_btf,
+        fallbacks: Vec::new(),
+    };
+    let oom_kill_process = a.exact()?;
+    let mark_victim = a.mark_victim()?;
+    let reclaim_begin = if oom_kill_process.is_none() {
+        a.reclaim()
+    } else {
+        None
+    };
+    let signal_generate = a.signal_generate(mark_victim);
+    let process_exit = a.process_exit();
+    let task_newtask = if mark_victim == Attach::Tracepoint || signal_generate == Some(Attach::Tracepoint) {
+        a.task_newtask(classic_expected)
+    } else {
+        None
+    };
+    let oom_reaper = a.reaper();
+    let report = AttachReport {
+        mode: oom_kill_process.unwrap_or(mark_victim),
+        oom_kill_process,
+        mark_victim,
+        reclaim_begin,
+        signal_generate,
+        process_exit,
+        memcg_oom: None,
+        oom_reaper,
+        task_newtask,
+        fallbacks: a.fallbacks,
+    };
+    Ok(Attached { ebpf: a.ebpf, report })
+}
 
-    // 1. The exact hook on oom_kill_process: fentry, then kprobe.
-    let exact_ok = info.btf_missing.iter().all(|m| !m.starts_with("oom_control."));
-    if matches!(want, AttachMode::Auto | AttachMode::Fentry) {
-        let r = match (&aya_btf, exact_ok) {
-            (Some(btf), true) => attach_fentry(&mut ebpf, btf),
-            (None, _) => Err(anyhow!(
-                "needs kernel BTF ({})",
-                info.btf_error.as_deref().unwrap_or("not parsed")
-            )),
-            (_, false) => Err(anyhow!("struct oom_control not fully described by BTF")),
-        };
-        match r {
-            Ok(()) => report.oom_kill_process = Some("fentry"),
-            Err(e) if want == AttachMode::Fentry => {
-                return Err(e.context("failed to attach fentry to oom_kill_process (try --attach auto)"));
-            }
-            Err(e) => report.fallbacks.push(format!("fentry: {}", short(&e))),
-        }
-    }
-    if report.oom_kill_process.is_none() && matches!(want, AttachMode::Auto | AttachMode::Kprobe) {
-        let r = if info.btf.is_some() && exact_ok {
-            attach_kprobe(&mut ebpf)
-        } else {
-            Err(anyhow!("needs struct oom_control offsets from kernel BTF"))
-        };
-        match r {
-            Ok(()) => report.oom_kill_process = Some("kprobe"),
-            Err(e) if want == AttachMode::Kprobe => {
-                return Err(e.context("failed to attach a kprobe to oom_kill_process (try --attach auto)"));
-            }
-            Err(e) => report.fallbacks.push(format!("kprobe: {}", short(&e))),
-        }
+/// The state of one [`attach`] run.
+struct Attacher<'a> {
+    ebpf: Ebpf,
+    info: &'a KernelInfo,
+    want: AttachMode,
+    btf: Option<aya::Btf>,
+    /// Why each better mode was not used.
+    fallbacks: Vec<String>,
+}
+
+impl Attacher<'_> {
+    fn no_btf(&self) -> anyhow::Error {
+        anyhow!(
+            "needs kernel BTF ({})",
+            self.info.btf_error.as_deref().unwrap_or("not parsed")
+        )
     }
 
-    // 2. The per-victim hook on mark_victim: tp_btf, then the classic tracepoint.
-    let mut mark_victim = None;
-    if want != AttachMode::Tracepoint {
-        let r = match &aya_btf {
-            Some(btf) => attach_btf_tp(&mut ebpf, "mark_victim_btf", "mark_victim", btf),
-            None => Err(anyhow!(
-                "needs kernel BTF ({})",
-                info.btf_error.as_deref().unwrap_or("not parsed")
-            )),
-        };
-        match r {
-            Ok(()) => mark_victim = Some("tp_btf"),
-            Err(e) if want == AttachMode::TpBtf => {
-                return Err(e.context("failed to attach tp_btf/mark_victim (try --attach tracepoint)"));
+    /// 1. The exact hook on oom_kill_process (struct oom_control): fentry, then kprobe.
+    fn exact(&mut self) -> Result<Option<Attach>> {
+        let want = self.want;
+        let exact_ok = self
+            .info
+            .btf_missing
+            .iter()
+            .all(|m| !m.starts_with("oom_control."));
+        if matches!(want, AttachMode::Auto | AttachMode::Fentry) {
+            let r = match (&self.btf, exact_ok) {
+                (Some(btf), true) => attach_fentry(&mut self.ebpf, btf),
+                (None, _) => Err(self.no_btf()),
+                (_, false) => Err(anyhow!("struct oom_control not fully described by BTF")),
+            };
+            match r {
+                Ok(()) => return Ok(Some(Attach::Fentry)),
+                Err(e) if want == AttachMode::Fentry => {
+                    return Err(e.context("failed to attach fentry to oom_kill_process (try --attach auto)"));
+                }
+                Err(e) => self.fallbacks.push(format!("fentry: {}", short(&e))),
             }
-            Err(e) => report.fallbacks.push(format!("tp_btf: {}", short(&e))),
         }
+        if matches!(want, AttachMode::Auto | AttachMode::Kprobe) {
+            let r = if self.info.btf.is_some() && exact_ok {
+                attach_kprobe(&mut self.ebpf)
+            } else {
+                Err(anyhow!("needs struct oom_control offsets from kernel BTF"))
+            };
+            match r {
+                Ok(()) => return Ok(Some(Attach::Kprobe)),
+                Err(e) if want == AttachMode::Kprobe => {
+                    return Err(
+                        e.context("failed to attach a kprobe to oom_kill_process (try --attach auto)")
+                    );
+                }
+                Err(e) => self.fallbacks.push(format!("kprobe: {}", short(&e))),
+            }
+        }
+        Ok(None)
     }
-    if mark_victim.is_none() {
-        if info.mark_victim_format.is_none() {
+
+    /// 2. The per-victim hook on mark_victim: tp_btf, then the classic tracepoint.
+    fn mark_victim(&mut self) -> Result<Attach> {
+        if self.want != AttachMode::Tracepoint {
+            let r = match &self.btf {
+                Some(btf) => attach_btf_tp(&mut self.ebpf, "mark_victim_btf", "mark_victim", btf),
+                None => Err(self.no_btf()),
+            };
+            match r {
+                Ok(()) => return Ok(Attach::TpBtf),
+                Err(e) if self.want == AttachMode::TpBtf => {
+                    return Err(e.context("failed to attach tp_btf/mark_victim (try --attach tracepoint)"));
+                }
+                Err(e) => self.fallbacks.push(format!("tp_btf: {}", short(&e))),
+            }
+        }
+        if self.info.mark_victim_format.is_none() {
             bail!(
                 "no way to attach to oom:mark_victim: {}",
-                if info.tracefs.is_none() {
+                if self.info.tracefs.is_none() {
                     "tracefs is not mounted (mount -t tracefs tracefs /sys/kernel/tracing)".to_owned()
                 } else {
                     "its tracefs format is missing (is CONFIG_TRACEPOINTS on?)".to_owned()
                 }
             );
         }
-        attach_tracepoint(&mut ebpf, "mark_victim_tp", "oom", "mark_victim")
+        attach_tracepoint(&mut self.ebpf, "mark_victim_tp", "oom", "mark_victim")
             .context("failed to attach tracepoint oom/mark_victim")?;
-        mark_victim = Some("tracepoint");
+        Ok(Attach::Tracepoint)
     }
-    report.mark_victim = mark_victim.unwrap_or("tracepoint");
-    report.mode = report.oom_kill_process.unwrap_or(report.mark_victim);
 
-    // 3. Optional: reclaim-begin records for gfp/order where oom_control is not available.
-    if report.oom_kill_process.is_none() {
-        if info.reclaim_format.is_some() {
-            let a = attach_tracepoint(
-                &mut ebpf,
-                "memcg_reclaim_begin",
-                "vmscan",
-                "mm_vmscan_memcg_reclaim_begin",
-            )
-            .and_then(|()| {
-                attach_tracepoint(
-                    &mut ebpf,
-                    "direct_reclaim_begin",
-                    "vmscan",
-                    "mm_vmscan_direct_reclaim_begin",
-                )
-            });
-            match a {
-                Ok(()) => report.reclaim_begin = Some("tracepoint"),
-                Err(e) => log::warn!("allocation gfp_mask/order will be unknown: {}", short(&e)),
-            }
-        } else {
+    /// 3. Optional: reclaim-begin records for gfp/order where oom_control is not available.
+    fn reclaim(&mut self) -> Option<Attach> {
+        if self.info.reclaim_format.is_none() {
             log::warn!("allocation gfp_mask/order will be unknown: no vmscan reclaim tracepoints in tracefs");
+            return None;
         }
-    }
-    // 4. Whodunit: every SIGKILL generated and every process that died of one. Optional: without
-    //    them oom_kill records still flow, but no `signal`/`exit` verdicts.
-    let sig = if report.mark_victim == "tp_btf" {
-        aya_btf
-            .as_ref()
-            .map_or_else(
-                || Err(anyhow!("no BTF")),
-                |btf| attach_btf_tp(&mut ebpf, "signal_generate_btf", "signal_generate", btf),
+        let a = attach_tracepoint(
+            &mut self.ebpf,
+            "memcg_reclaim_begin",
+            "vmscan",
+            "mm_vmscan_memcg_reclaim_begin",
+        )
+        .and_then(|()| {
+            attach_tracepoint(
+                &mut self.ebpf,
+                "direct_reclaim_begin",
+                "vmscan",
+                "mm_vmscan_direct_reclaim_begin",
             )
-            .map(|()| "tp_btf")
-    } else {
-        Err(anyhow!("not in tp_btf mode"))
-    }
-    .or_else(|_| {
-        if info.signal_format.is_none() {
-            bail!("no signal:signal_generate in tracefs");
+        });
+        match a {
+            Ok(()) => Some(Attach::Tracepoint),
+            Err(e) => {
+                log::warn!("allocation gfp_mask/order will be unknown: {}", short(&e));
+                None
+            }
         }
-        attach_tracepoint(&mut ebpf, "signal_generate_tp", "signal", "signal_generate").map(|()| "tracepoint")
-    });
-    match sig {
-        Ok(m) => report.signal_generate = Some(m),
-        Err(e) => log::warn!("signal records and kill verdicts are off: {}", short(&e)),
     }
-    let exit_ok = info.exit_format.is_some()
-        && info.cfg.task_exit_code != oomtrace_common::ABSENT
-        && (info.cfg.tp_exit_group_dead != oomtrace_common::ABSENT
-            || info.cfg.signal_live != oomtrace_common::ABSENT);
-    let exit = if exit_ok {
-        attach_tracepoint(&mut ebpf, "process_exit", "sched", "sched_process_exit")
-    } else {
-        Err(anyhow!(
-            "needs sched:sched_process_exit and task_struct.exit_code from BTF"
-        ))
-    };
-    match exit {
-        Ok(()) => report.process_exit = Some("tracepoint"),
-        Err(e) => log::warn!("exit records and kill verdicts are off: {}", short(&e)),
+
+    /// 4. Whodunit: every SIGKILL generated. Optional: without it oom_kill records still flow,
+    ///    but no `signal`/`exit` verdicts.
+    fn signal_generate(&mut self, mark_victim: Attach) -> Option<Attach> {
+        let btf = match (&self.btf, mark_victim) {
+            (Some(btf), Attach::TpBtf) => {
+                attach_btf_tp(&mut self.ebpf, "signal_generate_btf", "signal_generate", btf)
+                    .map(|()| Attach::TpBtf)
+            }
+            (None, Attach::TpBtf) => Err(anyhow!("no BTF")),
+            _ => Err(anyhow!("not in tp_btf mode")),
+        };
+        let r = btf.or_else(|_| {
+            if self.info.signal_format.is_none() {
+                bail!("no signal:signal_generate in tracefs");
+            }
+            attach_tracepoint(&mut self.ebpf, "signal_generate_tp", "signal", "signal_generate")
+                .map(|()| Attach::Tracepoint)
+        });
+        r.map_err(|e| log::warn!("signal records and kill verdicts are off: {}", short(&e)))
+            .ok()
     }
-    // 5. Classic tracepoints name a task by its thread id only: map threads to processes.
-    if report.mark_victim == "tracepoint" || report.signal_generate == Some("tracepoint") {
+
+    /// 4b. Every process that died of a fatal signal.
+    fn process_exit(&mut self) -> Option<Attach> {
+        let cfg = &self.info.cfg;
+        let absent = oomtrace_common::ABSENT;
+        let exit_ok = self.info.exit_format.is_some()
+            && cfg.task_exit_code != absent
+            && (cfg.tp_exit_group_dead != absent || cfg.signal_live != absent);
+        let r = if exit_ok {
+            attach_tracepoint(&mut self.ebpf, "process_exit", "sched", "sched_process_exit")
+        } else {
+            Err(anyhow!(
+                "needs sched:sched_process_exit and task_struct.exit_code from BTF"
+            ))
+        };
+        r.map(|()| Attach::Tracepoint)
+            .map_err(|e| log::warn!("exit records and kill verdicts are off: {}", short(&e)))
+            .ok()
+    }
+
+    /// 5. Classic tracepoints name a task by its thread id only: map threads to processes.
+    fn task_newtask(&mut self, classic_expected: bool) -> Option<Attach> {
         let r = if classic_expected {
-            track_tgids(&mut ebpf, info)
+            track_tgids(&mut self.ebpf, self.info)
         } else {
             // The map was sized for tp_btf (1 entry) before the fallback was known.
             Err(anyhow!("tp_btf was expected to attach, so no tid map was made"))
         };
         match r {
             Ok(n) => {
-                report.task_newtask = Some("tracepoint");
                 log::debug!("tid map seeded with {n} threads from /proc");
+                Some(Attach::Tracepoint)
             }
-            Err(e) => log::warn!(
-                "the pid of a signal's target or an OOM victim that already exited will be unknown: {}",
-                short(&e)
-            ),
+            Err(e) => {
+                log::warn!(
+                    "the pid of a signal's target or an OOM victim that already exited will be unknown: {}",
+                    short(&e)
+                );
+                None
+            }
         }
     }
-    // 6. The OOM reaper's progress (optional).
-    if info.cfg.tp_reap_pid != oomtrace_common::ABSENT {
-        let r = [
+
+    /// 6. The OOM reaper's progress (optional).
+    fn reaper(&mut self) -> Option<Attach> {
+        if self.info.cfg.tp_reap_pid == oomtrace_common::ABSENT {
+            return None;
+        }
+        [
             "wake_reaper",
             "start_task_reaping",
             "finish_task_reaping",
             "skip_task_reaping",
         ]
         .into_iter()
-        .try_for_each(|name| attach_tracepoint(&mut ebpf, name, "oom", name));
-        match r {
-            Ok(()) => report.oom_reaper = Some("tracepoint"),
-            Err(e) => log::warn!("oom_reap records are off: {}", short(&e)),
-        }
+        .try_for_each(|name| attach_tracepoint(&mut self.ebpf, name, "oom", name))
+        .map(|()| Attach::Tracepoint)
+        .map_err(|e| log::warn!("oom_reap records are off: {}", short(&e)))
+        .ok()
     }
-    Ok(Attached { ebpf, report })
 }
 
 fn attach_fentry(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<()> {

@@ -37,6 +37,14 @@ impl Clock {
         clock_ns(libc::CLOCK_BOOTTIME) as u64
     }
 
+    /// A clock that is off by `skew_ns` (a wall clock stepped since it was read), for tests.
+    #[doc(hidden)]
+    pub fn skewed(skew_ns: i128) -> Self {
+        let mut c = Self::new();
+        c.offset_ns += skew_ns;
+        c
+    }
+
     /// Unix time in ns of a boot-time timestamp.
     pub fn unix_ns(&self, boot_ns: u64) -> i64 {
         (self.offset_ns + i128::from(boot_ns)) as i64

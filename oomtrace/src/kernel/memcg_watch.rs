@@ -25,9 +25,11 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use tokio::sync::mpsc::UnboundedSender;
 
-use crate::kernel::{cgroup::Hierarchy, clock::Clock};
+use crate::{
+    event::MemcgOomSource,
+    kernel::{cgroup::Hierarchy, clock::Clock},
+};
 
 /// One notification that a memory cgroup entered OOM handling.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,7 +44,7 @@ pub struct MemcgOom {
     pub oom_kills: Option<u64>,
     /// v2 `memory.events.local` `oom`: how many OOM events this notification covers.
     pub oom_events: Option<u64>,
-    pub source: &'static str,
+    pub source: MemcgOomSource,
 }
 
 /// Upper bound on watched cgroups: past it new cgroups are not watched (and a warning says so).
@@ -236,7 +238,7 @@ impl Watcher {
             oom_kill_disable: parse_kv(&text, "oom_kill_disable").map(|v| v != 0),
             oom_kills: parse_kv(&text, "oom_kill"),
             oom_events: None,
-            source: "cgroup_v1_oom_control",
+            source: MemcgOomSource::CgroupV1OomControl,
         });
     }
 
@@ -262,7 +264,7 @@ impl Watcher {
                 oom_kill_disable: None,
                 oom_kills: Some(kills),
                 oom_events: Some(oom - last_oom),
-                source: "cgroup_v2_memory_events",
+                source: MemcgOomSource::CgroupV2MemoryEvents,
             });
         }
     }
@@ -310,7 +312,7 @@ impl Watcher {
         }
     }
 
-    fn run(mut self, tx: UnboundedSender<MemcgOom>) {
+    fn run(mut self, mut deliver: impl FnMut(MemcgOom) -> bool) {
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; 64];
         loop {
             // SAFETY: valid epoll fd and buffer.
@@ -337,7 +339,7 @@ impl Watcher {
                 }
             }
             for ev in out {
-                if tx.send(ev).is_err() {
+                if !deliver(ev) {
                     return;
                 }
             }
@@ -345,8 +347,9 @@ impl Watcher {
     }
 }
 
-/// Starts watching the memory hierarchy on a thread of its own.
-pub fn spawn(h: Hierarchy, tx: UnboundedSender<MemcgOom>) -> Result<()> {
+/// Starts watching the memory hierarchy on a thread of its own. `deliver` takes each notification
+/// and returns false once nobody takes them any more (the watcher then ends).
+pub fn spawn(h: Hierarchy, deliver: impl FnMut(MemcgOom) -> bool + Send + 'static) -> Result<()> {
     // SAFETY: plain syscalls.
     let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
     if epfd < 0 {
@@ -380,7 +383,7 @@ pub fn spawn(h: Hierarchy, tx: UnboundedSender<MemcgOom>) -> Result<()> {
     );
     thread::Builder::new()
         .name("memcg-oom".into())
-        .spawn(move || w.run(tx))
+        .spawn(move || w.run(deliver))
         .context("failed to start the memcg OOM watcher")?;
     Ok(())
 }

@@ -22,15 +22,15 @@ use std::{
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
-use serde::Serialize;
 use tokio::sync::{Notify, oneshot};
 
+pub use self::text::{escape_controls, human_bytes};
 use crate::{
-    event::{Line, Lost, SCHEMA_VERSION},
+    event::{Event, Line, Lost, LostReason, SCHEMA_VERSION},
     kernel::clock::Clock,
 };
 
-pub mod metrics;
+pub mod text;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -78,9 +78,6 @@ pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The writer thread hands the output at most this many bytes per write(2).
 const WRITE_BATCH_BYTES: usize = 64 << 10;
-
-/// The `lost` reason for records dropped because the output did not keep up.
-pub const OUTPUT_BACKPRESSURE: &str = "output_backpressure";
 
 /// What went wrong writing a line.
 #[derive(Debug)]
@@ -255,37 +252,51 @@ impl Sink {
         Ok((sink, Writer { done, resume }))
     }
 
+    /// Measures the boot-time -> wall-clock offset again (after an NTP step, say).
+    pub fn refresh_clock(&mut self) {
+        self.clock = Clock::new();
+    }
+
     /// The sequence number the next line will carry.
     pub fn next_seq(&self) -> u64 {
         self.seq
     }
 
-    /// Queues one record; returns whether it was queued. In text format, `text` is written
-    /// instead of the JSON (and records without a text form are skipped).
+    /// Queues one event under the next `seq`; returns whether it was queued. In text format,
+    /// events without a text form are skipped (they still take their `seq`).
     ///
-    /// While the queue is full the record is dropped instead: it still takes its `seq`, so the
-    /// stream has a hole there, which the next `lost` line of reason `output_backpressure`
-    /// (written once the queue has drained to [`OUTPUT_QUEUE_RESUME_BYTES`], see
-    /// [`Sink::backlogged`]) closes: its `count` is the width of the hole just before it.
-    pub fn emit<T: Serialize>(
-        &mut self,
-        kind: &'static str,
-        boot_ns: u64,
-        body: &T,
-        text: Option<String>,
-    ) -> bool {
+    /// Records (not [`Event::is_control`]) are dropped while the queue is full: each still takes
+    /// its `seq`, so the stream has a hole there, which the next `lost` line of reason
+    /// `output_backpressure` (written once the queue has drained to
+    /// [`OUTPUT_QUEUE_RESUME_BYTES`], see [`Sink::backlogged`]) closes: its `count` is the width
+    /// of the hole just before it. Control lines (`start`, `lost`, `stop`) are never dropped: one
+    /// may take the queue past its bound by its own size; callers write `lost` lines only when
+    /// [`Sink::backlogged`] says there is room, so that cannot repeat.
+    pub fn emit(&mut self, boot_ns: u64, ev: &Event) -> bool {
         let seq = self.seq;
         self.seq += 1;
-        if self.format == Format::Text && text.is_none() {
-            return true;
-        }
-        if self.dropping {
+        let text = match self.format {
+            Format::Json => None,
+            Format::Text => match text::render(ev) {
+                Some(t) => Some(t),
+                None => return true,
+            },
+        };
+        let control = ev.is_control();
+        if self.dropping && !control {
             self.drop_one();
             return false;
         }
-        let line = self.serialize(kind, seq, boot_ns, body, text);
+        let line = self.serialize(seq, boot_ns, ev, text);
         let mut s = self.queue.lock();
-        if s.bytes > 0 && s.bytes + line.len() > OUTPUT_QUEUE_BYTES {
+        let full = s.bytes + line.len() > OUTPUT_QUEUE_BYTES;
+        if control {
+            if full && !self.dropping {
+                s.want_resume = true;
+                self.dropping = true;
+                self.filled = true;
+            }
+        } else if s.bytes > 0 && full {
             s.want_resume = true;
             drop(s);
             self.dropping = true;
@@ -295,31 +306,6 @@ impl Sink {
         }
         push(&self.queue, s, line);
         true
-    }
-
-    /// Queues a line that is never dropped (`start`, `lost`, `stop`). It may take the queue past
-    /// its bound by its own size; callers write `lost` lines only when [`Sink::backlogged`] says
-    /// there is room, so that cannot repeat.
-    pub fn emit_control<T: Serialize>(
-        &mut self,
-        kind: &'static str,
-        boot_ns: u64,
-        body: &T,
-        text: Option<String>,
-    ) {
-        let seq = self.seq;
-        self.seq += 1;
-        if self.format == Format::Text && text.is_none() {
-            return;
-        }
-        let line = self.serialize(kind, seq, boot_ns, body, text);
-        let mut s = self.queue.lock();
-        if s.bytes + line.len() > OUTPUT_QUEUE_BYTES && !self.dropping {
-            s.want_resume = true;
-            self.dropping = true;
-            self.filled = true;
-        }
-        push(&self.queue, s, line);
     }
 
     fn drop_one(&mut self) {
@@ -356,13 +342,12 @@ impl Sink {
         }
         let (count, total) = (self.dropped, self.dropped_total);
         self.dropped = 0;
-        let body = Lost {
-            reason: OUTPUT_BACKPRESSURE,
+        let lost = Event::Lost(Lost {
+            reason: LostReason::OutputBackpressure,
             count,
             total,
-        };
-        let text = lost_text(OUTPUT_BACKPRESSURE, count, total);
-        self.emit_control("lost", Clock::now_boot_ns(), &body, Some(text));
+        });
+        self.emit(Clock::now_boot_ns(), &lost);
     }
 
     /// True once after the queue filled up and has since been written out completely: the
@@ -394,14 +379,8 @@ impl Sink {
         s.queued - s.written
     }
 
-    fn serialize<T: Serialize>(
-        &mut self,
-        kind: &'static str,
-        seq: u64,
-        boot_ns: u64,
-        body: &T,
-        text: Option<String>,
-    ) -> Box<[u8]> {
+    fn serialize(&mut self, seq: u64, boot_ns: u64, body: &Event, text: Option<String>) -> Box<[u8]> {
+        let kind = body.event_type();
         let time = rfc3339(self.clock.unix_ns(boot_ns));
         self.scratch.clear();
         match (self.format, text) {
@@ -447,11 +426,6 @@ fn push(q: &Queue, mut s: MutexGuard<'_, QueueState>, line: Box<[u8]>) {
     s.lines.push_back(line);
     drop(s);
     q.ready.notify_one();
-}
-
-/// The text form of a `lost` line.
-pub fn lost_text(reason: &str, count: u64, total: u64) -> String {
-    format!("lost {count} record(s): {reason} ({total} since start)")
 }
 
 /// The writer thread: takes lines off the queue in batches and writes them, until the queue is
@@ -541,40 +515,6 @@ fn classify(e: io::Error, target: &str) -> WriteError {
     WriteError::Failed(anyhow::Error::new(e).context(format!("failed to write to {target}{hint}")))
 }
 
-/// Text-format safety: control characters (newline, tab, escape, …) in kernel strings — a
-/// `comm`, a cgroup name, a symbol — are shown escaped (`\n`, `\u{1b}`) so that they can
-/// neither start a line of their own nor drive the terminal. JSON escapes them itself.
-pub fn escape_controls(s: &str) -> String {
-    if !s.chars().any(char::is_control) {
-        return s.to_owned();
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        if c.is_control() {
-            out.extend(c.escape_debug());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// Bytes as a short human size: "64.0 MiB".
-pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -626,9 +566,27 @@ mod tests {
         }
     }
 
-    #[derive(Serialize)]
-    struct Rec {
-        pad: String,
+    fn start() -> Event {
+        Event::Stop(crate::event::Stop {
+            reason: crate::event::StopReason::Signal,
+            oom_kills: 0,
+            lost: 0,
+        })
+    }
+
+    /// A record of about `n` bytes.
+    fn rec(n: usize) -> Event {
+        Event::MemcgOom(crate::event::MemcgOomEv {
+            memcg: crate::event::Cgroup {
+                id: 1,
+                path: Some("x".repeat(n)),
+            },
+            source: crate::event::MemcgOomSource::CgroupV2MemoryEvents,
+            under_oom: None,
+            oom_kill_disable: None,
+            oom_kills: None,
+            oom_events: None,
+        })
     }
 
     fn lines_of(bytes: &[u8]) -> Vec<serde_json::Value> {
@@ -654,13 +612,11 @@ mod tests {
             Clock::new(),
         )
         .unwrap();
-        sink.emit_control("start", 1, &Rec { pad: String::new() }, None);
-        let rec = Rec {
-            pad: "x".repeat(4000),
-        };
+        sink.emit(1, &start());
+        let rec = rec(4000);
         // 3x the bound while nobody reads: the queue stays bounded, the rest is dropped.
         let n = 3 * OUTPUT_QUEUE_BYTES / 4000;
-        let queued = (0..n).filter(|_| sink.emit("oom_kill", 2, &rec, None)).count();
+        let queued = (0..n).filter(|_| sink.emit(2, &rec)).count();
         assert!(sink.backlogged());
         assert!(queued > 0 && queued < n, "{queued} of {n}");
         assert_eq!(sink.dropped_total(), (n - queued) as u64);
@@ -677,8 +633,8 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "never resumed");
             thread::sleep(Duration::from_millis(5));
         }
-        assert!(sink.emit("oom_kill", 3, &rec, None));
-        sink.emit_control("stop", 4, &Rec { pad: String::new() }, None);
+        assert!(sink.emit(3, &rec));
+        sink.emit(4, &start());
         sink.close();
         writer.done.blocking_recv().unwrap().unwrap();
         assert_eq!(sink.unwritten(), 0);
@@ -686,7 +642,7 @@ mod tests {
         assert_eq!(lines.len(), 1 + queued + 1 + 1 + 1);
         let lost: Vec<&serde_json::Value> = lines.iter().filter(|l| l["type"] == "lost").collect();
         assert_eq!(lost.len(), 1);
-        assert_eq!(lost[0]["reason"], OUTPUT_BACKPRESSURE);
+        assert_eq!(lost[0]["reason"], "output_backpressure");
         assert_eq!(lost[0]["count"], (n - queued) as u64);
         assert_eq!(lost[0]["total"], (n - queued) as u64);
         // Every gap in seq is exactly the count of the lost line right after it.
@@ -694,7 +650,7 @@ mod tests {
         for l in &lines[1..] {
             let seq = l["seq"].as_u64().unwrap();
             if seq != prev + 1 {
-                assert_eq!(l["reason"], OUTPUT_BACKPRESSURE, "unexplained gap before {l}");
+                assert_eq!(l["reason"], "output_backpressure", "unexplained gap before {l}");
                 assert_eq!(seq - prev - 1, l["count"].as_u64().unwrap());
             }
             prev = seq;
@@ -724,7 +680,7 @@ mod tests {
             Clock::new(),
         )
         .unwrap();
-        sink.emit_control("start", 1, &Rec { pad: String::new() }, None);
+        sink.emit(1, &start());
         let Err(WriteError::Failed(e)) = writer.done.blocking_recv().unwrap() else {
             panic!("ENOSPC must fail the run")
         };
@@ -735,14 +691,7 @@ mod tests {
         );
         // Lines after the writer died are discarded, not piled up.
         for _ in 0..1000 {
-            sink.emit(
-                "oom_kill",
-                2,
-                &Rec {
-                    pad: "x".repeat(4000),
-                },
-                None,
-            );
+            sink.emit(2, &rec(4000));
         }
         assert_eq!(sink.queue.lock().bytes, 0);
 
@@ -754,7 +703,7 @@ mod tests {
             Clock::new(),
         )
         .unwrap();
-        sink.emit_control("start", 1, &Rec { pad: String::new() }, None);
+        sink.emit(1, &start());
         assert!(matches!(
             writer.done.blocking_recv().unwrap(),
             Err(WriteError::Closed)
