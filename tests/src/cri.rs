@@ -4,9 +4,8 @@
 //! no registry); pods and containers made through CRI with kubelet-style cgroup parents under the
 //! test's own memory cgroup. There is no crictl here, so this is the CRI client.
 //!
-//! Included by the test files that need it (`#[path = "../src/cri.rs"] mod cri;`).
-
-#![allow(dead_code, reason = "each test file uses a part of it")]
+//! Included by the test files that need it (`#[path = "../src/cri.rs"] mod cri;`), not a module of
+//! the harness library: only those tests build the CRI client.
 
 use std::{
     fs, io,
@@ -170,10 +169,15 @@ state = "{d}/state"
             .arg("-cf")
             .arg(&tar)
             .arg("."));
+        self.import_archive(&tar, name);
+    }
+
+    /// Imports an OCI archive (a tar of a layout) as `name:<its tag>`.
+    pub fn import_archive(&self, tar: &Path, name: &str) {
         run(self
             .ctr()
             .args(["images", "import", "--base-name", name])
-            .arg(&tar));
+            .arg(tar));
     }
 
     /// Stops containerd (SIGTERM, then SIGKILL after 10 s); what it ran must be removed first.
@@ -195,9 +199,70 @@ state = "{d}/state"
     }
 }
 
+/// The pids of the processes whose parent is `ppid`.
+fn children(ppid: u32) -> Vec<u32> {
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            // "pid (comm) state ppid ...": the comm may hold spaces, so split after its ')'.
+            fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')?
+                        .1
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse::<u32>()
+                        .ok()
+                })
+                == Some(ppid)
+        })
+        .collect()
+}
+
+impl Containerd {
+    /// Kills what this containerd's shims still run (after a test failed half-way) and the shims
+    /// themselves: they outlive containerd, and their processes keep the cgroups busy.
+    fn kill_shims(&self) {
+        let Ok(rd) = fs::read_dir("/proc") else { return };
+        let ours = self.socket.to_string_lossy().into_owned();
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let is_our_shim = args
+                .first()
+                .is_some_and(|a| a.ends_with(b"containerd-shim-runc-v2"))
+                && args.contains(&ours.as_bytes());
+            if !is_our_shim {
+                continue;
+            }
+            let mut victims = children(pid);
+            let mut i = 0;
+            while i < victims.len() {
+                let more = children(victims[i]);
+                victims.extend(more);
+                i += 1;
+            }
+            victims.push(pid);
+            for v in victims {
+                // SAFETY: kill has no memory-safety preconditions; these are processes this
+                // test's containerd started.
+                unsafe { libc::kill(v as i32, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
 impl Drop for Containerd {
     fn drop(&mut self) {
         self.stop();
+        self.kill_shims();
         // Mounts containerd left behind (after a failed test) would keep the directory busy.
         if let Ok(mounts) = fs::read_to_string("/proc/self/mounts") {
             let mut under: Vec<&str> = mounts
@@ -422,6 +487,7 @@ pub async fn run_container(
     sandbox_id: &str,
     pod: &PodSpec,
     name: &str,
+    image: &str,
     command: &[&str],
     memory_limit_bytes: i64,
 ) -> String {
@@ -431,7 +497,7 @@ pub async fn run_container(
             attempt: 0,
         }),
         image: Some(ImageSpec {
-            image: HOG_IMAGE.to_owned(),
+            image: image.to_owned(),
             ..Default::default()
         }),
         command: command.iter().map(|s| (*s).to_owned()).collect(),

@@ -4,17 +4,29 @@
 //! image built locally with umoci); the container's hog OOM-killed by its memory limit; and
 //! oomtrace's identity parsing and name service checked against what the runtime knows, also
 //! after the container is gone and with no runtime at all (kubelet's /var/log/pods layout).
+//!
+//! The deploy/ checks are here too: the image build script's image run by that containerd, the
+//! DaemonSet manifest against `kubernetes-validate --strict`, the rsyslog and syslog-ng examples
+//! against the daemons' own syntax checks, and rsyslog run for real on a live oomtrace stream.
 
 #[path = "../src/cri.rs"]
 mod cri;
 
-use std::{fs, path::Path, time::Duration};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
 
 use oomtrace::enrich::kube::{
     CgroupDriver, CgroupIdentity, Level, QosClass, Runtime, Scope,
     names::{self, NameService, NameSource},
 };
-use oomtrace_tests::{bin, kill_lock, own_memcg_path, require_root_memcg, skip_unless, vmstat_oom_kills};
+use oomtrace_tests::{
+    MIB as MIB_U64, TestCgroup, bin, kill_lock, own_memcg_path, require_root_memcg, run_hog, skip_unless,
+    vmstat_oom_kills,
+};
 
 const MIB: i64 = 1 << 20;
 
@@ -22,6 +34,14 @@ fn uuid() -> String {
     fs::read_to_string("/proc/sys/kernel/random/uuid")
         .expect("random uuid")
         .trim()
+        .to_owned()
+}
+
+/// The workspace root (deploy/ lives there).
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
         .to_owned()
 }
 
@@ -78,15 +98,15 @@ fn containerd_pod_is_named_over_cri_and_after_it_is_gone() {
     );
     let _lock = kill_lock();
     let tmp = short_tempdir();
-    let mut ctrd = containerd_with_images(tmp.path());
-
-    // kubelet's layout, under a directory of this test's own.
+    // kubelet's layout, under a directory of this test's own (removed after containerd and
+    // everything it ran: dropped last).
     let top = format!(
         "{}/oomtrace-kube-{}",
         own_memcg_path(version).trim_end_matches('/'),
         std::process::id()
     );
     let _cgroups = cri::CgroupTree::new(&top);
+    let mut ctrd = containerd_with_images(tmp.path());
     let uid = uuid();
     let pod = cri::PodSpec {
         namespace: "oomtrace-test".into(),
@@ -108,6 +128,7 @@ fn containerd_pod_is_named_over_cri_and_after_it_is_gone() {
             &sandbox,
             &pod,
             "hog",
+            cri::HOG_IMAGE,
             &["/oomtrace-hog", "--mb", "512"],
             64 * MIB,
         )
@@ -154,6 +175,42 @@ fn containerd_pod_is_named_over_cri_and_after_it_is_gone() {
         let pod_ident = CgroupIdentity::parse(&pod.cgroup_parent);
         assert_eq!(svc.lookup(&pod_ident).map(|n| n.pod), Some("hog-pod".into()));
 
+        // deploy/image/build-oci.sh's image (from this build's binary) runs under the runtime:
+        // its libraries are all there.
+        let image_dir = tmp.path().join("img");
+        let out = Command::new("bash")
+            .arg(workspace().join("deploy/image/build-oci.sh"))
+            .arg("--binary")
+            .arg(bin("oomtrace"))
+            .args(["--tag", "test", "--out"])
+            .arg(&image_dir)
+            .output()
+            .expect("run build-oci.sh");
+        assert!(
+            out.status.success(),
+            "build-oci.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ctrd.import_archive(&image_dir.join("oomtrace-oci.tar"), "localhost/oomtrace");
+        let version = cri::run_container(
+            &mut c,
+            &sandbox,
+            &pod,
+            "oomtrace",
+            "localhost/oomtrace:test",
+            &["/usr/local/bin/oomtrace", "--version"],
+            64 * MIB,
+        )
+        .await;
+        let (code, _) = cri::wait_exit(&mut c, &version, Duration::from_secs(30)).await;
+        let log = fs::read_to_string(pod.log_directory.join("oomtrace/0.log")).unwrap_or_default();
+        assert_eq!(code, 0, "oomtrace --version in its image: {log}");
+        assert!(
+            log.contains(&format!("stdout F oomtrace {}", env!("CARGO_PKG_VERSION"))),
+            "the image's oomtrace printed: {log}"
+        );
+        cri::remove_container(&mut c, &version).await;
+
         // Gone from the runtime: still named from the cache.
         cri::remove_container(&mut c, &id).await;
         cri::remove_pod(&mut c, &sandbox).await;
@@ -178,7 +235,10 @@ fn containerd_pod_is_named_over_cri_and_after_it_is_gone() {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect::<Vec<_>>();
-    assert_eq!(containers, ["hog"], "containerd's log layout");
+    assert!(
+        containers.contains(&"hog".to_owned()),
+        "containerd's log layout: {containers:?}"
+    );
     rt.block_on(async {
         let path = fs::read_dir(tmp.path().join("var/log/pods")).unwrap().count();
         assert_eq!(path, 1);
@@ -200,4 +260,321 @@ fn containerd_pod_is_named_over_cri_and_after_it_is_gone() {
         assert_eq!(n.source, NameSource::PodLogs);
         assert!(svc.status().socket.is_none());
     });
+}
+
+/// kubernetes-validate (PyPI), from PATH or from a venv under target/ made on first use; the
+/// reason when neither can be had.
+fn kubernetes_validate() -> Result<PathBuf, String> {
+    if let Some(p) = cri::which("kubernetes-validate") {
+        return Ok(p);
+    }
+    let venv = workspace().join("target/kubernetes-validate-venv");
+    let exe = venv.join("bin/kubernetes-validate");
+    if exe.exists() {
+        return Ok(exe);
+    }
+    let python = cri::which("python3").ok_or("no python3 to install kubernetes-validate with")?;
+    let st = Command::new(&python)
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .map_err(|e| e.to_string())?;
+    if !st.success() {
+        return Err(format!("python3 -m venv failed ({st})"));
+    }
+    let out = Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "kubernetes-validate"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        let _ = fs::remove_dir_all(&venv);
+        return Err(format!(
+            "pip install kubernetes-validate failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(exe)
+}
+
+fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn daemonset_manifest_validates_strictly() {
+    let manifest = workspace().join("deploy/kubernetes/daemonset.yaml");
+    assert!(manifest.exists(), "{} is missing", manifest.display());
+    let exe = match kubernetes_validate() {
+        Ok(e) => e,
+        Err(why) => {
+            skip_unless!(false, format!("kubernetes-validate unavailable: {why}"));
+            return;
+        }
+    };
+    let out = Command::new(&exe)
+        .arg("--strict")
+        .arg(&manifest)
+        .output()
+        .expect("run kubernetes-validate");
+    let text = output_text(&out);
+    assert!(out.status.success(), "kubernetes-validate --strict: {text}");
+    // One "passed for resource KIND/NAME" line per document: every one must have been checked.
+    for resource in [
+        "namespace/oomtrace",
+        "serviceaccount/oomtrace",
+        "daemonset/oomtrace",
+        "service/oomtrace-metrics",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.contains(&format!("passed for resource {resource} "))),
+            "{resource} not validated: {text}"
+        );
+    }
+    // --strict really rejects what the schema does not know (a guard on the check itself).
+    let bad = tempfile::NamedTempFile::new().expect("temp file");
+    let yaml = fs::read_to_string(&manifest).expect("read manifest");
+    fs::write(
+        bad.path(),
+        yaml.replace("      hostPID: true", "      hostPID: true\n      hostPIDs: true"),
+    )
+    .expect("write");
+    let out = Command::new(&exe)
+        .arg("--strict")
+        .arg(bad.path())
+        .output()
+        .expect("run");
+    assert!(
+        !out.status.success(),
+        "an unknown field passed: {}",
+        output_text(&out)
+    );
+}
+
+/// rsyslogd, or the reason it cannot be had.
+fn rsyslogd() -> Result<PathBuf, String> {
+    cri::which("rsyslogd").ok_or_else(|| "rsyslogd not installed (Debian: apt-get install rsyslog)".into())
+}
+
+/// The rsyslog example with its /var/log/oomtrace/ paths moved to `dir`, and a main config
+/// that includes only it.
+fn rsyslog_config(dir: &Path) -> PathBuf {
+    let example = fs::read_to_string(workspace().join("deploy/shippers/rsyslog-oomtrace.conf"))
+        .expect("deploy/shippers/rsyslog-oomtrace.conf");
+    let example = example.replace("/var/log/oomtrace/", &format!("{}/", dir.display()));
+    fs::write(dir.join("oomtrace.conf"), example).expect("write example");
+    let main = dir.join("rsyslog.conf");
+    fs::write(
+        &main,
+        format!(
+            "global(workDirectory=\"{d}\")\n$IncludeConfig {d}/oomtrace.conf\n",
+            d = dir.display()
+        ),
+    )
+    .expect("write main conf");
+    main
+}
+
+#[test]
+fn rsyslog_example_passes_rsyslogd_check() {
+    let rsyslogd = match rsyslogd() {
+        Ok(r) => r,
+        Err(why) => {
+            skip_unless!(false, why);
+            return;
+        }
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(rsyslogd)
+        .args(["-N1", "-f"])
+        .arg(rsyslog_config(tmp.path()))
+        .output()
+        .expect("run rsyslogd");
+    let text = output_text(&out);
+    assert!(out.status.success(), "rsyslogd -N1: {text}");
+    assert!(
+        !text.to_lowercase().contains("error"),
+        "rsyslogd -N1 reported errors: {text}"
+    );
+}
+
+/// syslog-ng from PATH, or unpacked by deploy/shippers/unpack-syslog-ng.sh into target/ (Debian's
+/// syslog-ng conflicts with rsyslog, so a machine has one installed at most).
+fn syslog_ng() -> Result<PathBuf, String> {
+    if let Some(p) = cri::which("syslog-ng") {
+        return Ok(p);
+    }
+    let unpacked = workspace().join("target/syslog-ng/syslog-ng");
+    if unpacked.exists() {
+        return Ok(unpacked);
+    }
+    Err("syslog-ng not installed (Debian: syslog-ng-core, which conflicts with rsyslog; or run deploy/shippers/unpack-syslog-ng.sh)".into())
+}
+
+#[test]
+fn syslog_ng_example_passes_syntax_check() {
+    let conf = workspace().join("deploy/shippers/syslog-ng-oomtrace.conf");
+    assert!(conf.exists(), "{} is missing", conf.display());
+    let syslog_ng = match syslog_ng() {
+        Ok(p) => p,
+        Err(why) => {
+            skip_unless!(false, why);
+            return;
+        }
+    };
+    // The example is a conf.d snippet: a main file gives it the version pragma.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let main = tmp.path().join("syslog-ng.conf");
+    fs::write(
+        &main,
+        format!("@version: 3.38\n@include \"{}\"\n", conf.display()),
+    )
+    .expect("write");
+    let out = Command::new(&syslog_ng)
+        .args(["--syntax-only", "-f"])
+        .arg(&main)
+        .output()
+        .expect("run syslog-ng");
+    assert!(
+        out.status.success(),
+        "syslog-ng --syntax-only: {}",
+        output_text(&out)
+    );
+    // And the check is real: a misspelt parser fails it.
+    let bad = tmp.path().join("bad.conf");
+    fs::write(
+        &bad,
+        fs::read_to_string(&conf)
+            .unwrap()
+            .replace("json-parser", "json-parsre"),
+    )
+    .unwrap();
+    fs::write(&main, format!("@version: 3.38\n@include \"{}\"\n", bad.display())).unwrap();
+    let out = Command::new(&syslog_ng)
+        .args(["--syntax-only", "-f"])
+        .arg(&main)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a broken config passed: {}",
+        output_text(&out)
+    );
+}
+
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        // SAFETY: kill has no memory-safety preconditions; the pid is our own child's.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for_line(path: &Path, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(l) = fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .find(|l| pred(l))
+        {
+            return Some(l.to_owned());
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The rsyslog example run for real: oomtrace writes its stream to a file, a real OOM kill
+/// happens, and rsyslogd (imfile + mmjsonparse, as configured in deploy/) writes the kill line
+/// with the victim's comm and pid.
+#[test]
+fn rsyslog_ships_a_live_kill() {
+    require_root_memcg!();
+    let rsyslogd = match rsyslogd() {
+        Ok(r) => r,
+        Err(why) => {
+            skip_unless!(false, why);
+            return;
+        }
+    };
+    let _lock = kill_lock();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let events = tmp.path().join("events.jsonl");
+    let kills = tmp.path().join("kills.log");
+    let main = rsyslog_config(tmp.path());
+    let _oomtrace = Reaped(
+        Command::new(bin("oomtrace"))
+            .args(["run", "--host", "rsyslog-test", "--output"])
+            .arg(&events)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start oomtrace"),
+    );
+    assert!(
+        wait_for_line(&events, Duration::from_secs(30), |l| l
+            .contains(r#""type":"start""#))
+        .is_some(),
+        "oomtrace wrote no start record"
+    );
+    let _rsyslog = Reaped(
+        Command::new(rsyslogd)
+            .args(["-n", "-f"])
+            .arg(&main)
+            .arg("-i")
+            .arg(tmp.path().join("rsyslogd.pid"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start rsyslogd"),
+    );
+    let cg = TestCgroup::new("rsyslog", 32 * MIB_U64).expect("test cgroup");
+    let status = run_hog(&["--cgroup", &cg.dir.display().to_string()]);
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+    let kill = wait_for_line(&events, Duration::from_secs(10), |l| {
+        l.contains(r#""type":"oom_kill""#) && l.contains(&cg.path)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "oomtrace recorded no oom_kill in {}: {}",
+            cg.path,
+            fs::read_to_string(&events).unwrap_or_default()
+        )
+    });
+    let record: serde_json::Value = serde_json::from_str(&kill).expect("JSON record");
+    let pid = record["victim"]["pid"].as_u64().expect("victim pid");
+    let line = wait_for_line(&kills, Duration::from_secs(15), |l| {
+        l.contains(&format!(" pid={pid} "))
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "rsyslog wrote no kill line for pid {pid}: {:?}",
+            fs::read_to_string(&kills).unwrap_or_default()
+        )
+    });
+    assert!(
+        line.contains(" rsyslog-test oom_kill victim=oomtrace-hog "),
+        "{line}"
+    );
+    assert!(line.contains(&format!("memcg={}", cg.path)), "{line}");
+    assert!(line.contains(&format!("seq={}", record["seq"])), "{line}");
 }
