@@ -8,10 +8,11 @@ use anyhow::Result;
 use crate::kernel::{
     self,
     attach::{self as loader, AttachMode, KernelInfo},
+    btf::BtfSource,
     caps, cgroup,
 };
 
-pub fn run() -> Result<bool> {
+pub fn run(btf: &BtfSource) -> Result<bool> {
     let mut out = String::new();
     let mut ok = true;
     let kernel = kernel::release();
@@ -36,13 +37,14 @@ pub fn run() -> Result<bool> {
         );
     }
 
-    let info = KernelInfo::probe();
+    let info = KernelInfo::probe(btf)?;
     match (&info.btf, &info.btf_error) {
         (Some(b), _) if info.btf_missing.is_empty() => {
             let _ = writeln!(
                 out,
-                "btf               ok ({} types, all offsets resolved)",
-                b.type_count()
+                "btf               ok ({} types, all offsets resolved, from {})",
+                b.type_count(),
+                info.btf_source.path().display()
             );
         }
         (Some(_), _) => {

@@ -7,7 +7,12 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
-use oomtrace::{check, kernel::attach::AttachMode, run, sink::Format};
+use oomtrace::{
+    check,
+    kernel::{attach::AttachMode, btf::BtfSource},
+    run,
+    sink::Format,
+};
 
 /// Trace Linux OOM kills with eBPF: who was killed, who triggered it, which cgroup limit fired.
 ///
@@ -24,8 +29,16 @@ struct Cli {
 enum Command {
     /// Stream OOM kills until SIGINT/SIGTERM (needs root, or CAP_BPF + CAP_PERFMON).
     Run(RunArgs),
-    /// Report what this kernel offers and which attach mode `run` would use.
-    Check,
+    /// Report what this kernel offers, feature by feature, and which attach mode `run` would use.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CheckArgs {
+    /// The running kernel's BTF, for kernels built without CONFIG_DEBUG_INFO_BTF (e.g. a BTFHub
+    /// file for this exact kernel release). Checked against the running kernel.
+    #[arg(long, value_name = "PATH")]
+    btf: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -59,6 +72,14 @@ struct RunArgs {
     /// Do not capture or symbolize the trigger's user stack (privacy, cost).
     #[arg(long)]
     no_user_stacks: bool,
+    /// The running kernel's BTF, for kernels built without CONFIG_DEBUG_INFO_BTF (e.g. a BTFHub
+    /// file for this exact kernel release). Checked against the running kernel.
+    #[arg(long, value_name = "PATH")]
+    btf: Option<PathBuf>,
+}
+
+fn btf_source(path: Option<PathBuf>) -> BtfSource {
+    path.map_or(BtfSource::Kernel, BtfSource::File)
 }
 
 fn parse_cgroup_path(s: &str) -> Result<String, String> {
@@ -89,7 +110,9 @@ fn main() -> ExitCode {
         .format_target(false)
         .init();
     let result = match cli.command {
-        Command::Check => check::run().map(|ok| if ok { ExitCode::SUCCESS } else { ExitCode::from(1) }),
+        Command::Check(a) => {
+            check::run(&btf_source(a.btf)).map(|ok| if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
         Command::Run(a) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -103,6 +126,7 @@ fn main() -> ExitCode {
                     host: a.host,
                     signals: a.signals,
                     user_stacks: !a.no_user_stacks,
+                    btf: btf_source(a.btf),
                     filter: run::Filter {
                         pid: a.pid,
                         cgroup: a.cgroup,

@@ -23,6 +23,7 @@ use crate::{
     kernel::{
         self,
         attach::{self as loader, AttachMode, KernelInfo},
+        btf::BtfSource,
         caps, cgroup,
         clock::Clock,
         ksyms::Ksyms,
@@ -42,6 +43,7 @@ pub struct Options {
     pub signals: Signals,
     pub filter: Filter,
     pub user_stacks: bool,
+    pub btf: BtfSource,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -98,8 +100,8 @@ fn require_privileges() -> Result<()> {
 }
 
 /// What this kernel offers, with the run's options in the eBPF programs' configuration.
-fn probe(opts: &Options) -> KernelInfo {
-    let mut info = KernelInfo::probe();
+fn probe(opts: &Options) -> Result<KernelInfo> {
+    let mut info = KernelInfo::probe(&opts.btf)?;
     info.cfg.all_signals = u32::from(opts.signals == Signals::All);
     info.cfg.filter_tgid = opts.filter.pid.unwrap_or(0);
     info.cfg.user_stacks = u32::from(opts.user_stacks);
@@ -130,7 +132,7 @@ fn probe(opts: &Options) -> KernelInfo {
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
         log::debug!("could not raise RLIMIT_MEMLOCK (fine on kernels >= 5.11)");
     }
-    info
+    Ok(info)
 }
 
 pub async fn run(opts: Options) -> Result<()> {
@@ -154,7 +156,7 @@ pub async fn run(opts: Options) -> Result<()> {
             .ok()
     });
 
-    let mut info = probe(&opts);
+    let mut info = probe(&opts)?;
     let attached = loader::attach(&info, opts.attach, opts.ring_size)?;
     let mut report = attached.report;
     let mut ebpf = attached.ebpf;

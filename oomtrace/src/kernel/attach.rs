@@ -61,6 +61,8 @@ impl fmt::Display for AttachMode {
 /// What the running kernel offers, resolved once.
 pub struct KernelInfo {
     pub cfg: Config,
+    /// Where the BTF below was read from.
+    pub btf_source: btf::BtfSource,
     pub btf: Option<btf::Btf>,
     pub btf_error: Option<String>,
     pub btf_missing: Vec<String>,
@@ -74,14 +76,17 @@ pub struct KernelInfo {
 }
 
 impl KernelInfo {
-    pub fn probe() -> Self {
+    /// Reads what this kernel offers. Fails only for a `--btf` file that is unreadable or not
+    /// this kernel's: the kernel's own BTF may be missing (the classic tracepoints still work).
+    pub fn probe(btf_source: &btf::BtfSource) -> Result<Self> {
         let mut cfg = Config::ABSENT;
         cfg.page_shift = layout::page_shift();
-        let (btf, btf_error, btf_missing) = match btf::Btf::from_sys_fs() {
+        let (btf, btf_error, btf_missing) = match btf_source.load() {
             Ok(b) => {
                 let missing = layout::from_btf(&b, &mut cfg);
                 (Some(b), None, missing)
             }
+            Err(e) if matches!(btf_source, btf::BtfSource::File(_)) => return Err(e),
             Err(e) => (None, Some(format!("{e:#}")), Vec::new()),
         };
         let tracefs = tracefs::root();
@@ -117,9 +122,10 @@ impl KernelInfo {
             layout::from_process_exit(f, &mut cfg);
         }
         let gfp = gfp_bits(btf.as_ref());
-        Self {
+        Ok(Self {
             gfp,
             cfg,
+            btf_source: btf_source.clone(),
             btf,
             btf_error,
             btf_missing,
@@ -128,7 +134,7 @@ impl KernelInfo {
             reclaim_format,
             signal_format,
             exit_format,
-        }
+        })
     }
 }
 
@@ -184,7 +190,7 @@ pub fn attach(info: &KernelInfo, want: AttachMode, ring_bytes: u32) -> Result<At
     let ebpf = load(info, ring_bytes, classic_expected)?;
     let aya_btf = if info.btf.is_some() && want != AttachMode::Tracepoint {
         let t = Instant::now();
-        let b = aya::Btf::from_sys_fs().map_err(|e| log::warn!("failed to parse kernel BTF with aya: {e}"));
+        let b = info.btf_source.load_aya().map_err(|e| log::warn!("{e:#}"));
         log::debug!("aya BTF parsed in {:?}", t.elapsed());
         b.ok()
     } else {
