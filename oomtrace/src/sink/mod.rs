@@ -30,6 +30,7 @@ use crate::{
     kernel::clock::Clock,
 };
 
+pub mod metrics;
 pub mod text;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
