@@ -28,6 +28,12 @@ pub enum RecordKind {
     Signal = 2,
     Exit = 3,
     Reap = 4,
+    /// [`StackCopyHeader`] + stack bytes: the trigger's user registers and stack at the OOM.
+    StackCopy = 5,
+    /// [`ProcSeen`]: a process oomtrace should look at while it lives (exec, memcg reclaim).
+    ProcSeen = 6,
+    /// [`PyStackHeader`] + [`PyFrame`]s: one thread's Python frames at the OOM.
+    PyStack = 7,
 }
 
 /// `Reap::phase` values: the OOM reaper's progress on a victim (oom:* tracepoints).
@@ -80,6 +86,10 @@ pub mod flags {
     /// v6.18). A mark without it is no kill: out_of_memory()'s and oom_kill_process()'s
     /// task_will_free_mem() shortcuts mark an already-dying task and count nothing.
     pub const KILLED: u32 = 1 << 7;
+    /// A [`super::RecordKind::StackCopy`] record was sent for this kill just before it.
+    pub const STACK_COPY: u32 = 1 << 8;
+    /// [`super::RecordKind::PyStack`] records were sent for this kill just before it.
+    pub const PY_STACKS: u32 = 1 << 9;
     /// `reclaim.kind` values.
     pub const RECLAIM_MEMCG: u32 = 1;
     pub const RECLAIM_DIRECT: u32 = 2;
@@ -460,6 +470,111 @@ impl Config {
     };
 }
 
+/// Most bytes of user stack copied per OOM, from the stack pointer up (the stack grows down: the
+/// callers' frames lie above it).
+pub const STACK_COPY_MAX: usize = 32 * 1024;
+
+/// [`StackCopyHeader::status`] bits.
+pub mod stack_status {
+    /// `ip`, `sp`, `bp` hold the trigger's user-mode registers (`task_pt_regs`).
+    pub const REGS: u8 = 1 << 0;
+    /// The copy stopped at a page that could not be read: the end of the stack's mapping (or a
+    /// page not resident: the helper cannot fault it in).
+    pub const END_OF_MAPPING: u8 = 1 << 1;
+    /// The copy stopped at [`super::STACK_COPY_MAX`]: outer frames may be missing.
+    pub const CAPPED: u8 = 1 << 2;
+}
+
+/// Header of a [`RecordKind::StackCopy`] record; `len` bytes of the stack, starting at `sp`,
+/// follow it. Sent just before the `OomKill` record of the same `mark_victim` run, whose
+/// `ts_boot_ns` and `trigger.tid` it carries (and whose `flags` has [`flags::STACK_COPY`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackCopyHeader {
+    /// [`RecordKind::StackCopy`].
+    pub kind: u8,
+    /// [`stack_status`] bits.
+    pub status: u8,
+    pub _pad0: [u8; 2],
+    pub trigger_tid: u32,
+    pub ts_boot_ns: u64,
+    pub trigger_tgid: u32,
+    /// Stack bytes following the header.
+    pub len: u32,
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// `current->mm` (its kernel address): which image of the process this is — a new exec has a
+    /// new mm — to match the record with a [`ProcSeen`] snapshot of the same image.
+    pub mm: u64,
+    /// The thread-group leader's `start_boottime` (ns since boot), to tell a reused tgid apart.
+    pub start_boot_ns: u64,
+}
+const _: () = assert!(size_of::<StackCopyHeader>() == 64);
+
+/// The eBPF side's scratch for one stack copy (a per-CPU slot), sent with `bpf_ringbuf_output`
+/// of its first `size_of::<StackCopyHeader>() + hdr.len` bytes.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct StackCopy {
+    pub hdr: StackCopyHeader,
+    pub bytes: [u8; STACK_COPY_MAX],
+}
+const _: () = assert!(size_of::<StackCopy>() == 64 + STACK_COPY_MAX);
+
+/// [`ProcSeen::reason`] values.
+pub mod seen_reason {
+    /// The process ran `execve` (`sched:sched_process_exec`).
+    pub const EXEC: u8 = 1;
+    /// One of its threads began memcg reclaim: it is charging at a limit, an OOM may follow.
+    pub const MEMCG_RECLAIM: u8 = 2;
+}
+
+/// A process to snapshot now, while it is alive: its executable mappings and files (for
+/// unwinding and naming its stack after it is gone) and, for a Python interpreter, where its
+/// runtime state is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcSeen {
+    /// [`RecordKind::ProcSeen`].
+    pub kind: u8,
+    /// [`seen_reason`].
+    pub reason: u8,
+    pub _pad0: [u8; 2],
+    pub tgid: u32,
+    pub ts_boot_ns: u64,
+    /// `current->mm` (see [`StackCopyHeader::mm`]).
+    pub mm: u64,
+}
+const _: () = assert!(size_of::<ProcSeen>() == 24);
+
+/// Kernel facts the stack and Python readers need, resolved from BTF by the loader and handed over
+/// as a second frozen `.rodata` global (`STACK_CONFIG`), apart from [`Config`] so that its layout
+/// stays as it is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackConfig {
+    /// Copy the trigger's user stack at the OOM (1) or not (0: `--no-user-stacks`).
+    pub copy_stack: u32,
+    /// Walk Python frames at the OOM (1) or not.
+    pub python: u32,
+    /// `task_struct.thread.fsbase` (x86_64): the thread pointer, which glibc's `pthread_self()`
+    /// returns and CPython 3.10 keeps as `PyThreadState.thread_id`.
+    pub task_fsbase: u32,
+    /// Minimum nanoseconds between two [`ProcSeen`] records of one process at memcg reclaim.
+    pub seen_interval_ns: u32,
+}
+const _: () = assert!(size_of::<StackConfig>() == 16);
+
+impl StackConfig {
+    pub const ABSENT: Self = Self {
+        copy_stack: 0,
+        python: 0,
+        task_fsbase: ABSENT,
+        seen_interval_ns: 1_000_000_000,
+    };
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are `#[repr(C)]`, made only of integers and arrays of integers, with every
@@ -470,4 +585,5 @@ mod pod {
     unsafe impl aya::Pod for super::Signal {}
     unsafe impl aya::Pod for super::Exit {}
     unsafe impl aya::Pod for super::Reap {}
+    unsafe impl aya::Pod for super::StackConfig {}
 }

@@ -4,6 +4,7 @@
 //! - `reaper.rs`: the OOM reaper's progress on each victim.
 //! - `reclaim.rs`: the trigger's latest reclaim attempt, for gfp/order on tracepoint-only kernels.
 //! - `whodunit.rs`: every SIGKILL generated and every process that died of one.
+//! - `stackcopy.rs`: the trigger's user registers and stack copy at the OOM; process notifications.
 //! - `tgids.rs`: thread id → process id for the classic tracepoints that only name a thread.
 //! - `kernel.rs`: reading kernel structs at offsets the loader resolved from BTF.
 //!
@@ -16,6 +17,11 @@ mod mark_victim;
 mod oom_control;
 mod reaper;
 mod reclaim;
+#[expect(
+    dead_code,
+    reason = "called from mark_victim and reclaim once they are wired in (issue 12)"
+)]
+mod stackcopy;
 mod tgids;
 mod whodunit;
 

@@ -4,11 +4,13 @@
 //! applies `--pid` / `--cgroup`. It reads the system (procfs, cgroupfs, binaries) but never the
 //! ring buffer, and never writes: [`crate::stream`] feeds it and hands its events to a sink.
 
+pub mod buildid;
 pub mod cgroups;
 pub mod filter;
 pub mod kube;
 pub mod memstat;
 pub mod oom_kill;
+pub mod unwind;
 pub mod ustack;
 pub mod whodunit;
 

@@ -35,11 +35,11 @@
 
 use std::cell::OnceCell;
 use std::collections::HashMap;
-use std::fs::{self, File, Metadata};
+use std::fs::{self, File};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use blazesym::normalize::{NormalizeOpts, Normalizer, UserMeta};
 use blazesym::symbolize::source::{Elf, Source};
@@ -47,40 +47,18 @@ use blazesym::symbolize::{Input, Symbolized, Symbolizer};
 use blazesym::{ErrorKind, Pid};
 use oomtrace_common::{BuildIdFrame, USTACK_BUILD_ID_DEPTH, USTACK_DEPTH};
 
-use crate::event::{self, UserFrame, UserStack};
+use super::buildid::{FileId, KERNEL_BUILD_ID_LEN, ModuleCache, ProcMaps, kernel_key};
+use super::unwind::{self, End, StackCopyRec};
+use crate::event::{self, UnwinderKind, UserFrame, UserStack};
 
 /// `BPF_STACK_BUILD_ID_VALID`: `build_id` and `offset_or_ip` (a file offset) are set.
 const BUILD_ID_VALID: i32 = 1;
 /// `BPF_STACK_BUILD_ID_IP`: only `offset_or_ip` (the raw IP) is set.
 const BUILD_ID_IP: i32 = 2;
-/// `BUILD_ID_SIZE_MAX`: the kernel's build-id field, zero-padded for shorter ids.
-const KERNEL_BUILD_ID_LEN: usize = 20;
 /// Mapped files kept open (with their parsed symbols) before the caches are dropped and rebuilt.
 const MAX_MODULES: usize = 128;
 /// Smallest page size: `ip - file offset` is a multiple of it for any IP inside a file mapping.
 const MIN_PAGE: u64 = 4096;
-
-/// Identity of a file's contents as far as the file system tells: blazesym keys its cache the same way.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct FileId {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: i64,
-    mtime_nsec: i64,
-}
-
-impl FileId {
-    fn of(m: &Metadata) -> Self {
-        Self {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime: m.mtime(),
-            mtime_nsec: m.mtime_nsec(),
-        }
-    }
-}
 
 /// A mapped ELF file seen in some trigger, held open.
 struct Module {
@@ -154,6 +132,8 @@ pub struct UserSymbolizer {
     modules: Vec<Module>,
     by_file: HashMap<FileId, usize>,
     by_build_id: HashMap<[u8; KERNEL_BUILD_ID_LEN], usize>,
+    /// Files and mappings of processes seen alive (snapshots), for stacks of processes now gone.
+    cache: Option<Arc<ModuleCache>>,
 }
 
 impl Default for UserSymbolizer {
@@ -171,7 +151,14 @@ impl UserSymbolizer {
             modules: Vec::new(),
             by_file: HashMap::new(),
             by_build_id: HashMap::new(),
+            cache: None,
         }
+    }
+
+    /// Also names frames from the files and mappings `cache` keeps of processes seen alive.
+    pub fn with_cache(mut self, cache: Arc<ModuleCache>) -> Self {
+        self.cache = Some(cache);
+        self
     }
 
     /// Loads the C library's symbols (every process maps it; as a file it is the same one in
@@ -202,7 +189,9 @@ impl UserSymbolizer {
             return None;
         }
         if self.modules.len() >= MAX_MODULES {
+            let cache = self.cache.take();
             *self = Self::new();
+            self.cache = cache;
         }
         let ips = captured(ustack_bytes, 8, ips);
         let mut kframes = captured(ubuild_bytes, 32, build);
@@ -264,7 +253,174 @@ impl UserSymbolizer {
             truncated,
             symbolized,
             note: (!notes.is_empty()).then(|| notes.join("; ")),
+            unwinder: UnwinderKind::FramePointer,
+            frame_pointer_agrees: None,
         })
+    }
+
+    /// The trigger's stack from the kernel's copy of it (registers + stack bytes), unwound with
+    /// DWARF CFI against the process's mappings — a snapshot of the same process image taken while
+    /// it lived, or the live process itself — and named by file offset in the files held open. The
+    /// kernel's frame-pointer walk (`ips`, `build`) is the cross-check, and the answer when there is
+    /// no copy or no mapping to unwind it with.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the two captures of one stack, as the record has them"
+    )]
+    pub fn symbolize_copy(
+        &mut self,
+        pid: u32,
+        ustack_bytes: i64,
+        ips: &[u64],
+        ubuild_bytes: i64,
+        build: &[BuildIdFrame],
+        copy: Option<&StackCopyRec>,
+        copy_lost: bool,
+    ) -> Option<UserStack> {
+        let fp = self.symbolize(pid, ustack_bytes, ips, ubuild_bytes, build);
+        let Some(copy) = copy.filter(|c| c.has_regs()) else {
+            return fp.map(|mut st| {
+                if copy_lost {
+                    push_note(
+                        &mut st,
+                        "the kernel's stack copy was lost (ring buffer full): frame pointers only",
+                    );
+                }
+                st
+            });
+        };
+        let kframes = captured(ubuild_bytes, 32, build);
+        let fp_ips = captured(ustack_bytes, 8, ips);
+        let mut notes = Vec::new();
+        let Some((maps, symbolized)) = self.maps_for(pid, copy, kframes, &mut notes) else {
+            return fp.map(|mut st| {
+                notes.iter().for_each(|n| push_note(&mut st, n));
+                st
+            });
+        };
+        let u = unwind::unwind(copy, &maps);
+        if u.frames.len() < 2 && fp_ips.len() > 1 {
+            return fp.map(|mut st| {
+                push_note(&mut st, "DWARF unwinding found no caller: frame pointers used");
+                st
+            });
+        }
+        if u.end == End::Failed {
+            notes.push("DWARF unwinding stopped early (no unwind rule, no frame pointer)".into());
+        }
+        let mut work: Vec<Work> = u
+            .frames
+            .iter()
+            .enumerate()
+            .map(|(i, &addr)| Work::new(format!("{addr:#x}"), i))
+            .collect();
+        let mut files: Vec<Arc<super::buildid::ElfFile>> = Vec::new();
+        let mut nowhere = 0;
+        for (w, &addr) in work.iter_mut().zip(&u.frames) {
+            let Some(m) = maps.find(addr) else {
+                if maps.vdso.as_ref().is_some_and(|v| v.contains(&addr)) {
+                    w.frame.module = Some("[vdso]".into());
+                } else {
+                    nowhere += 1;
+                }
+                continue;
+            };
+            let off = addr - m.start + m.offset;
+            w.frame.module = Some(m.file.path.clone());
+            w.frame.module_offset = Some(off);
+            w.frame.build_id = m.file.build_id.as_deref().map(hex);
+            let fi = match files.iter().position(|f| Arc::ptr_eq(f, &m.file)) {
+                Some(i) => i,
+                None => {
+                    files.push(m.file.clone());
+                    files.len() - 1
+                }
+            };
+            w.lookup = off.checked_sub(w.adjust).map(|o| (fi, o));
+        }
+        if nowhere > 0 {
+            notes.push(format!(
+                "{nowhere} frame(s) outside the snapshot's file mappings (JIT or anonymous code, or mapped after it)"
+            ));
+        }
+        // Names, one batch per file, through the descriptors the cache holds.
+        for (fi, f) in files.iter().enumerate() {
+            let Ok(m) = self.open_module(&f.fd_path, f.path.clone()) else {
+                continue;
+            };
+            for w in work.iter_mut() {
+                if let Some((i, off)) = w.lookup
+                    && i == fi
+                {
+                    w.lookup = Some((m, off));
+                }
+            }
+        }
+        self.name_frames(&mut work, &mut notes);
+        let frame_pointer_agrees = (!fp_ips.is_empty())
+            .then(|| fp_ips.iter().zip(&u.frames).all(|(a, b)| a == b) && fp_ips.len() <= u.frames.len());
+        let truncated = u.end == End::Depth
+            || (u.end == End::OutOfCopy && copy.hdr.status & oomtrace_common::stack_status::CAPPED != 0);
+        Some(UserStack {
+            depth: work.len(),
+            frames: work.into_iter().map(|w| w.frame).collect(),
+            truncated,
+            symbolized,
+            note: (!notes.is_empty()).then(|| notes.join("; ")),
+            unwinder: UnwinderKind::Dwarf,
+            frame_pointer_agrees,
+        })
+    }
+
+    /// The mappings to unwind `copy` with: the last snapshot of the same process image, if it maps
+    /// the IP; else the live process, if it is still the one captured. Either must agree with the
+    /// kernel's build-id capture of the innermost frame, when it has one.
+    fn maps_for(
+        &self,
+        pid: u32,
+        copy: &StackCopyRec,
+        kframes: &[BuildIdFrame],
+        notes: &mut Vec<String>,
+    ) -> Option<(Arc<ProcMaps>, event::Symbolized)> {
+        let Some(cache) = &self.cache else {
+            notes.push("no module cache: the stack copy is not unwound".into());
+            return None;
+        };
+        let (h, ip) = (&copy.hdr, copy.hdr.ip);
+        let agrees = |maps: &ProcMaps| {
+            let Some(m) = maps.find(ip) else { return false };
+            kframes.first().is_none_or(|k| {
+                k.status != BUILD_ID_VALID
+                    || (k.offset_or_ip == ip - m.start + m.offset
+                        && m.file
+                            .build_id
+                            .as_deref()
+                            .is_none_or(|id| same_build_id(id, &k.build_id)))
+            })
+        };
+        if let Some(maps) = cache.proc(pid).filter(|p| p.matches(h.mm, h.start_boot_ns)) {
+            if agrees(&maps) {
+                return Some((maps, event::Symbolized::Snapshot));
+            }
+            notes.push("the snapshot of the trigger does not map its IP as the kernel saw it".into());
+        }
+        match cache.snapshot(pid, None) {
+            Ok(maps) if maps.matches(h.mm, h.start_boot_ns) && agrees(&maps) => {
+                Some((maps, event::Symbolized::Process))
+            }
+            Ok(_) => {
+                notes.push(format!(
+                    "/proc/{pid} is no longer the captured process: the stack copy is not unwound"
+                ));
+                None
+            }
+            Err(e) => {
+                notes.push(format!(
+                    "no snapshot of the trigger's mappings (it died before one was taken: {e}): the stack copy is not unwound"
+                ));
+                None
+            }
+        }
     }
 
     /// Places every frame in the live process' mappings and checks them against the kernel's build-id
@@ -384,9 +540,9 @@ impl UserSymbolizer {
         }
     }
 
-    /// The process is gone: build id and file offset from the kernel, names from modules seen before.
-    /// Returns whether any frame had a build id.
-    fn place_by_kernel_build_ids(&self, kframes: &[BuildIdFrame], work: &mut [Work]) -> bool {
+    /// The process is gone: build id and file offset from the kernel, names from modules seen before
+    /// (here, or held open by the snapshot cache). Returns whether any frame had a build id.
+    fn place_by_kernel_build_ids(&mut self, kframes: &[BuildIdFrame], work: &mut [Work]) -> bool {
         let mut any = false;
         for (w, k) in work.iter_mut().zip(kframes) {
             if k.status != BUILD_ID_VALID {
@@ -395,6 +551,13 @@ impl UserSymbolizer {
             any = true;
             w.frame.module_offset = Some(k.offset_or_ip);
             w.frame.build_id = Some(hex(&k.build_id));
+            if !self.by_build_id.contains_key(&k.build_id)
+                && let Some(f) = self.cache.as_ref().and_then(|c| c.by_build_id(&k.build_id))
+            {
+                // The snapshot cache holds the file with exactly this build id open: its
+                // descriptor reaches that inode, whatever became of the path.
+                let _ = self.open_module(&f.fd_path, f.path.clone());
+            }
             if let Some(&m) = self.by_build_id.get(&k.build_id) {
                 let module = &self.modules[m];
                 w.frame.module = Some(module.path.clone());
@@ -567,11 +730,11 @@ fn lines_up(ips: &[u64], kframes: &[BuildIdFrame]) -> bool {
         })
 }
 
-/// A build id as the kernel stores it (zero-padded to 20 bytes); None if it cannot fit.
-fn kernel_key(id: &[u8]) -> Option<[u8; KERNEL_BUILD_ID_LEN]> {
-    let mut key = [0; KERNEL_BUILD_ID_LEN];
-    key.get_mut(..id.len())?.copy_from_slice(id);
-    Some(key)
+fn push_note(st: &mut UserStack, note: &str) {
+    st.note = Some(match st.note.take() {
+        Some(n) => format!("{n}; {note}"),
+        None => note.to_owned(),
+    });
 }
 
 fn same_build_id(id: &[u8], kernel: &[u8; KERNEL_BUILD_ID_LEN]) -> bool {
@@ -584,6 +747,7 @@ fn hex(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::MetadataExt;
     use std::process::Command;
     use std::time::Instant;
 
@@ -974,6 +1138,96 @@ mod tests {
             .symbolize(dead_pid(), bytes(USTACK_DEPTH), &ips, 0, &[])
             .unwrap();
         assert_eq!((dead.depth, dead.truncated), (USTACK_DEPTH, true));
+    }
+
+    /// The kernel's stack copy of a process that is gone, unwound and named from a snapshot of it
+    /// taken while it lived: the DWARF stack names the capturing functions and their callers.
+    #[test]
+    fn ustack_copy_of_a_dead_process_named_from_its_snapshot() {
+        if !map_files_readable() {
+            return;
+        }
+        let mut copy = unwind::tests::capture_here();
+        let cache = ModuleCache::new();
+        let me = cache.snapshot(std::process::id(), None).unwrap();
+        let dead = dead_pid();
+        copy.hdr.trigger_tgid = dead;
+        copy.hdr.mm = 0x1234;
+        cache.adopt(dead, &me, Some(0x1234));
+        let mut s = UserSymbolizer::new().with_cache(cache.clone());
+        let st = s
+            .symbolize_copy(dead, 0, &[], 0, &[], Some(&copy), false)
+            .unwrap();
+        assert_eq!(st.unwinder, UnwinderKind::Dwarf, "{st:?}");
+        assert_eq!(st.symbolized, event::Symbolized::Snapshot, "{st:?}");
+        let names: Vec<&str> = st.frames.iter().filter_map(|f| f.function.as_deref()).collect();
+        let pos = |n: &str| names.iter().position(|f| f.ends_with(n));
+        let (l3, l2, l1) = (pos("level3"), pos("level2"), pos("level1"));
+        assert!(l3 < l2 && l2 < l1 && l3.is_some(), "{names:?}");
+        assert!(
+            names.iter().any(|n| n.contains("ustack_copy_of_a_dead_process")),
+            "{names:?}"
+        );
+        let f = &st.frames[l3.unwrap()];
+        assert!(
+            f.file.as_deref().unwrap().ends_with("unwind.rs") && f.line.is_some(),
+            "{f:?}"
+        );
+        assert_eq!(st.frame_pointer_agrees, None);
+
+        // With the frame-pointer walk of the same stack (this binary keeps frame pointers): agrees.
+        let ips: Vec<u64> = st
+            .frames
+            .iter()
+            .map(|f| u64::from_str_radix(&f.addr[2..], 16).unwrap())
+            .take(4)
+            .collect();
+        let st2 = s
+            .symbolize_copy(dead, bytes(ips.len()), &ips, 0, &[], Some(&copy), false)
+            .unwrap();
+        assert_eq!(st2.frame_pointer_agrees, Some(true), "{st2:?}");
+        assert_eq!(st2.frames, st.frames);
+
+        // Another image of the process (a different mm): the snapshot is not used, and the
+        // process is gone, so there is nothing to unwind with: the frame-pointer stack stands.
+        copy.hdr.mm = 0x9999;
+        let st3 = s
+            .symbolize_copy(dead, bytes(ips.len()), &ips, 0, &[], Some(&copy), false)
+            .unwrap();
+        assert_eq!(st3.unwinder, UnwinderKind::FramePointer, "{st3:?}");
+        assert!(st3.note.as_deref().unwrap().contains("no snapshot"), "{st3:?}");
+        assert!(st3.frames.iter().all(|f| f.function.is_none()));
+    }
+
+    /// The live process: a fresh snapshot is taken at once (`process`).
+    #[test]
+    fn ustack_copy_of_a_live_process() {
+        if !map_files_readable() {
+            return;
+        }
+        let copy = unwind::tests::capture_here();
+        let mut s = UserSymbolizer::new().with_cache(ModuleCache::new());
+        let st = s
+            .symbolize_copy(std::process::id(), 0, &[], 0, &[], Some(&copy), false)
+            .unwrap();
+        assert_eq!(
+            (st.unwinder, st.symbolized),
+            (UnwinderKind::Dwarf, event::Symbolized::Process),
+            "{st:?}"
+        );
+        assert!(
+            st.frames[0].function.as_deref().unwrap().ends_with("level3"),
+            "{st:?}"
+        );
+        // No copy (lost to a full ring buffer): the frame-pointer stack, and a note.
+        let st = s
+            .symbolize_copy(std::process::id(), bytes(1), &[known_ip()], 0, &[], None, true)
+            .unwrap();
+        assert_eq!(st.unwinder, UnwinderKind::FramePointer);
+        assert!(
+            st.note.as_deref().unwrap().contains("stack copy was lost"),
+            "{st:?}"
+        );
     }
 
     #[test]

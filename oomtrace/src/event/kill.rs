@@ -154,6 +154,12 @@ pub struct UserStack {
     /// Why symbolization was partial or impossible (e.g. "the trigger had exited: /proc/4242/maps is
     /// gone"), or the capture error ("bpf_get_stack: -14").
     pub note: Option<String>,
+    /// Which walk produced `frames`: `dwarf` (the kernel's copy of the stack unwound with the
+    /// modules' call frame information) or `frame_pointer` (the kernel's own walk).
+    pub unwinder: UnwinderKind,
+    /// With a `dwarf` stack: whether the kernel's frame-pointer walk found the same frames (as far
+    /// as it went). Null when there was no frame-pointer walk to compare with.
+    pub frame_pointer_agrees: Option<bool>,
 }
 
 /// One user frame.
@@ -234,7 +240,20 @@ wire_enum! {
         Process = "process",
         /// The process was gone: module, offset and build id from the kernel's build-id capture.
         BuildId = "build_id",
+        /// The process was gone: against its mappings and files as oomtrace saw them while it
+        /// lived (at its exec or its first memcg reclaim), matched to the same process image.
+        Snapshot = "snapshot",
         /// Raw addresses only.
         None = "none",
+    }
+}
+
+wire_enum! {
+    /// Which walk produced a user stack.
+    pub enum UnwinderKind {
+        /// The kernel's copy of the stack, unwound with DWARF call frame information.
+        Dwarf = "dwarf",
+        /// The kernel's frame-pointer walk (`bpf_get_stack`).
+        FramePointer = "frame_pointer",
     }
 }
