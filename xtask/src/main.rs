@@ -73,15 +73,15 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         json: Option<PathBuf>,
     },
-    /// Run the real-OOM tests inside qemu on Debian's 6.1 and 6.12 kernels, once per attach mode.
+    /// Run the real-OOM tests inside qemu on Debian's 5.10, 6.1 and 6.12 kernels, once per attach mode.
     ///
     /// Fetches the pinned kernel packages (cached in target/vm), builds static binaries, boots
-    /// each kernel once (TCG), and prints a kernel × mode × test matrix in Markdown on stdout.
+    /// each kernel once (TCG, two at a time), and prints a kernel × mode × test matrix in Markdown on stdout.
     /// Needs qemu-system-x86, busybox-static, zstd, lz4 and the x86_64-unknown-linux-musl Rust
     /// target (scripts/bootstrap.sh installs them). Exits 1 on any failed test, hung or crashed VM.
     VmTest {
         /// Kernel to boot.
-        #[arg(long, value_name = "KERNEL", default_value = "all", value_parser = ["6.1", "6.12", "all"])]
+        #[arg(long, value_name = "KERNEL", default_value = "all", value_parser = vm::KERNEL_NAMES)]
         kernel: String,
         /// Attach mode to test.
         #[arg(

@@ -3,8 +3,9 @@
 //!
 //! Per run: fetch the kernels (cached under target/vm/kernels), build static (musl) oomtrace, the
 //! hog, the killer, the test binaries and the guest's init, pack them with busybox into one
-//! initramfs, boot each kernel once with every selected test of every selected mode, and print
-//! the kernel × mode × test matrix (on stdout and into target/vm/matrix.md). A failed test fails
+//! initramfs, boot each kernel once with every selected test of every selected mode (two kernels
+//! at a time, each in its own qemu and run directory), and print the kernel × mode × test matrix
+//! (on stdout and into target/vm/matrix.md) and where the time went (target/vm/timing.md). A failed test fails
 //! the run; so does a boot that hangs (timeout), crashes (Oops, BUG:, panic, KVM internal error on
 //! the console or in the kernel log) or ends without reporting every planned test.
 
@@ -19,12 +20,16 @@ mod protocol;
 mod qemu;
 
 use std::{
-    collections::BTreeMap,
-    env, fs,
+    collections::{BTreeMap, VecDeque},
+    env,
+    fmt::Write as _,
+    fs,
     io::BufRead,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::Duration,
+    sync::Mutex,
+    thread,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
@@ -50,9 +55,23 @@ const BUSYBOX_APPLETS: [&str; 22] = [
     "mv", "poweroff", "ps", "rm", "sleep", "tail", "umount", "uname",
 ];
 const VM_MEMORY_MIB: u32 = 1024;
+/// Kernels booted at once. Each qemu runs its guest on one host thread (single-threaded TCG), so
+/// two keep this project's 2-core machines busy; a third would only slice the same cores.
+const MAX_PARALLEL_BOOTS: usize = 2;
+
+/// What `--kernel` accepts: every pinned kernel's name, and `all`.
+pub const KERNEL_NAMES: [&str; KERNELS.len() + 1] = {
+    let mut names = ["all"; KERNELS.len() + 1];
+    let mut i = 0;
+    while i < KERNELS.len() {
+        names[i] = KERNELS[i].name;
+        i += 1;
+    }
+    names
+};
 
 pub struct Options {
-    /// `6.1`, `6.12` or `all`.
+    /// A name in [`KERNEL_NAMES`].
     pub kernel: String,
     /// An attach mode or `all`.
     pub attach: String,
@@ -94,9 +113,21 @@ pub fn run(workspace: &Path, opts: &Options) -> Result<()> {
         "failed to find qemu-system-x86_64 (apt-get install qemu-system-x86; scripts/bootstrap.sh installs it)",
     )?;
 
+    // A kernel that cannot be had (its pin gone from the archive) fails the run, but only after
+    // the others have been tested.
     let mut ready = Vec::new();
+    let mut unavailable = Vec::new();
     for pin in &kernels {
-        ready.push(kernel::prepare(pin, &vm_dir.join("kernels"))?);
+        match kernel::prepare(pin, &vm_dir) {
+            Ok(k) => ready.push(k),
+            Err(e) => {
+                eprintln!("vm-test: [{}] error: {e:#}", pin.name);
+                unavailable.push((*pin, e));
+            }
+        }
+    }
+    if ready.is_empty() {
+        bail!("no kernel could be fetched");
     }
     let files = build_guest_files(workspace)?;
     let plan = make_plan(&files, &modes, opts)?;
@@ -115,31 +146,36 @@ pub fn run(workspace: &Path, opts: &Options) -> Result<()> {
         fs::metadata(&image).map(|m| m.len() >> 20).unwrap_or(0)
     );
 
-    let mut outcomes = Vec::new();
-    for k in &ready {
-        let name = k.pin.name;
-        eprintln!(
-            "vm-test: [{name}] booting {} (timeout {} s)",
-            k.release,
-            opts.boot_timeout.as_secs()
-        );
-        let dir = vm_dir.join("run").join(name);
-        let cfg = qemu::BootConfig {
-            vmlinux: &k.vmlinux,
-            initramfs: &image,
-            dir: &dir,
-            memory_mib: VM_MEMORY_MIB,
-            timeout: opts.boot_timeout,
-            keep: opts.keep,
-        };
-        let boot = qemu::boot(&cfg, |rec| progress(name, rec))?;
-        outcomes.push(outcome(k, &plan, boot, opts.boot_timeout));
+    let started = Instant::now();
+    // --keep hands the terminal to the guest: one VM at a time.
+    let parallel = if opts.keep { 1 } else { MAX_PARALLEL_BOOTS };
+    let mut outcomes = boot_all(&ready, &plan, &image, &vm_dir, opts, parallel);
+    let wall = started.elapsed();
+    for (pin, e) in &unavailable {
+        let first = format!("{e:#}");
+        outcomes.push(unavailable_outcome(
+            pin,
+            &plan,
+            first.lines().next().unwrap_or_default(),
+        ));
     }
+    // Columns in KERNELS order, whatever order the boots ended in.
+    outcomes.sort_by_key(|o| KERNELS.iter().position(|p| p.name == o.name));
 
-    let m = matrix::render(&outcomes, &modes);
+    let mut m = matrix::render(&outcomes, &modes);
+    let _ = writeln!(
+        m.markdown,
+        "\nWall time of the boots: {} s ({} kernel(s), at most {parallel} at once).",
+        wall.as_secs(),
+        ready.len()
+    );
     print!("{}", m.markdown);
     let saved = vm_dir.join("matrix.md");
     fs::write(&saved, &m.markdown).with_context(|| format!("failed to write {}", saved.display()))?;
+    let timing = timing_report(&outcomes);
+    let timing_file = vm_dir.join("timing.md");
+    fs::write(&timing_file, &timing).with_context(|| format!("failed to write {}", timing_file.display()))?;
+    eprint!("{timing}");
     eprintln!(
         "vm-test: {} passed, {} failed, {} skipped, {} passed in another mode than their column's, {} boot problem(s)",
         m.passed, m.failed, m.skipped, m.other_mode, m.problems
@@ -152,10 +188,157 @@ pub fn run(workspace: &Path, opts: &Options) -> Result<()> {
             vm_dir.join("run").join(&k.name).join("console.log").display()
         );
     }
+    eprintln!(
+        "vm-test: wall time of the boots {} s ({} at once at most); per-test timing in {}",
+        wall.as_secs(),
+        parallel,
+        timing_file.display()
+    );
+    for (pin, e) in &unavailable {
+        eprintln!("vm-test: [{}] not tested: {e:#}", pin.name);
+    }
     if m.failed > 0 || m.problems > 0 {
         bail!("{} test(s) failed, {} boot problem(s)", m.failed, m.problems);
     }
     Ok(())
+}
+
+/// Boots every kernel, at most `parallel` at once, each with its own run directory (console log,
+/// records) under target/vm/run/NAME, and returns one outcome per kernel. A boot that fails in any
+/// way is that kernel's outcome; the others go on.
+fn boot_all(
+    ready: &[kernel::Kernel],
+    plan: &Plan,
+    image: &Path,
+    vm_dir: &Path,
+    opts: &Options,
+    parallel: usize,
+) -> Vec<KernelOutcome> {
+    // The boot that took longest last time starts first (unknown ones before all), so that with
+    // more kernels than slots the last one to start is a short one.
+    let mut order: Vec<&kernel::Kernel> = ready.iter().collect();
+    order.sort_by_key(|k| std::cmp::Reverse(last_elapsed(vm_dir, k.pin.name).unwrap_or(u64::MAX)));
+    let queue = Mutex::new(VecDeque::from(order));
+    let outcomes = Mutex::new(Vec::new());
+    thread::scope(|s| {
+        for _ in 0..parallel.clamp(1, ready.len()) {
+            s.spawn(|| {
+                loop {
+                    let Some(k) = queue.lock().expect("queue lock").pop_front() else {
+                        break;
+                    };
+                    let o = boot_one(k, plan, image, vm_dir, opts);
+                    outcomes.lock().expect("outcomes lock").push(o);
+                }
+            });
+        }
+    });
+    outcomes.into_inner().expect("outcomes lock")
+}
+
+fn boot_one(k: &kernel::Kernel, plan: &Plan, image: &Path, vm_dir: &Path, opts: &Options) -> KernelOutcome {
+    let name = k.pin.name;
+    eprintln!(
+        "vm-test: [{name}] booting {} (timeout {} s)",
+        k.release,
+        opts.boot_timeout.as_secs()
+    );
+    let dir = vm_dir.join("run").join(name);
+    let cfg = qemu::BootConfig {
+        vmlinux: &k.vmlinux,
+        initramfs: image,
+        dir: &dir,
+        memory_mib: VM_MEMORY_MIB,
+        timeout: opts.boot_timeout,
+        keep: opts.keep,
+    };
+    match qemu::boot(&cfg, |rec| progress(name, rec)) {
+        Ok(boot) => {
+            let _ = fs::write(dir.join("elapsed_secs"), boot.elapsed.as_secs().to_string());
+            if let Some(up) = boot.first_record {
+                eprintln!(
+                    "vm-test: [{name}] finished in {} s (up after {:.1} s)",
+                    boot.elapsed.as_secs(),
+                    up.as_secs_f64()
+                );
+            }
+            outcome(k, plan, boot, opts.boot_timeout)
+        }
+        Err(e) => {
+            eprintln!("vm-test: [{name}] error: {e:#}");
+            let mut o = unavailable_outcome(k.pin, plan, &format!("{e:#}"));
+            o.release = Some(k.release.clone());
+            o
+        }
+    }
+}
+
+/// How long the kernel's last boot took, if it was recorded.
+fn last_elapsed(vm_dir: &Path, name: &str) -> Option<u64> {
+    fs::read_to_string(vm_dir.join("run").join(name).join("elapsed_secs"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The outcome of a kernel that could not be booted at all.
+fn unavailable_outcome(pin: &Pin, plan: &Plan, why: &str) -> KernelOutcome {
+    KernelOutcome {
+        name: pin.name.to_owned(),
+        source: format!("Debian `{}` {}", pin.package, pin.version),
+        release: None,
+        checks: Vec::new(),
+        planned: plan.tests.clone(),
+        results: Vec::new(),
+        problems: vec![format!("not booted: {why}")],
+        elapsed_secs: 0,
+    }
+}
+
+/// Where each boot's time went: per mode, and the slowest tests (from the guest's per-test
+/// milliseconds).
+fn timing_report(outcomes: &[KernelOutcome]) -> String {
+    let mut out = String::new();
+    for k in outcomes {
+        let total: u64 = k.results.iter().map(|r| r.millis).sum();
+        let _ = writeln!(
+            out,
+            "vm-test: [{}] timing: boot {} s, tests {:.0} s",
+            k.name,
+            k.elapsed_secs,
+            total as f64 / 1000.0
+        );
+        let mut by_mode: BTreeMap<&str, (u64, usize)> = BTreeMap::new();
+        for r in &k.results {
+            let e = by_mode.entry(r.mode.as_str()).or_default();
+            e.0 += r.millis;
+            e.1 += 1;
+        }
+        for (mode, (ms, n)) in &by_mode {
+            let _ = writeln!(
+                out,
+                "vm-test: [{}]   {mode}: {n} tests, {:.0} s",
+                k.name,
+                *ms as f64 / 1000.0
+            );
+        }
+        let mut slow: Vec<&protocol::TestResult> = k.results.iter().collect();
+        slow.sort_by_key(|r| std::cmp::Reverse(r.millis));
+        for r in slow.iter().take(8) {
+            let _ = writeln!(
+                out,
+                "vm-test: [{}]   {:6.1} s {} {}::{} ({})",
+                k.name,
+                r.millis as f64 / 1000.0,
+                r.mode,
+                r.binary,
+                r.test,
+                r.status.as_str()
+            );
+        }
+    }
+    out
 }
 
 fn progress(kernel: &str, rec: &Record) {

@@ -36,6 +36,8 @@ pub struct Boot {
     /// qemu's exit, e.g. `exit status: 0`.
     pub qemu_exit: String,
     pub elapsed: Duration,
+    /// When the guest's first record (its `kernel` line) came: the boot itself, before any test.
+    pub first_record: Option<Duration>,
 }
 
 /// Lines the guest's init writes on the console that are not the kernel's: test output (which
@@ -155,12 +157,14 @@ pub fn boot(cfg: &BootConfig, mut on_record: impl FnMut(&Record)) -> Result<Boot
         timed_out: false,
         qemu_exit: String::new(),
         elapsed: Duration::ZERO,
+        first_record: None,
     };
     let mut done = false;
     let mut collect = |boot: &mut Boot, done: &mut bool| {
         for line in tail.lines() {
             if let Some(rec) = Record::parse(&line) {
                 *done |= matches!(rec, Record::Done(_));
+                boot.first_record.get_or_insert_with(|| started.elapsed());
                 on_record(&rec);
                 boot.records.push(rec);
             }
