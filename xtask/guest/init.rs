@@ -1,7 +1,8 @@
 //! PID 1 of oomtrace's test VMs (`cargo xtask vm-test`), linked statically for the guest.
 //!
 //! It mounts what the tests need (proc, sysfs, devtmpfs, tracefs, bpffs, cgroup2 with the memory
-//! controller enabled for children of the root), runs the plan in `/vm/plan` one test at a time
+//! controller enabled for children of the root), runs the plan in `/vm/plan` (or the part of it
+//! in the modes the kernel command line names, see `protocol::MODES_PARAM`) one test at a time
 //! (each test binary with `--exact NAME --test-threads=1 --nocapture`, in its own process group,
 //! killed after the plan's timeout), and reports every result as a record (xtask/src/vm/protocol.rs)
 //! on /dev/ttyS1, echoed on the console. The console also gets each test's output, prefixed with
@@ -217,6 +218,18 @@ fn worker() -> ExitCode {
             println!("oomtrace-vm-init: {e}");
             return ExitCode::FAILURE;
         }
+    };
+    // A kernel's modes may be split over several concurrent boots: this one runs its share.
+    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let plan = match protocol::modes_on_cmdline(&cmdline) {
+        Some(modes) => {
+            println!(
+                "oomtrace-vm-init: this boot runs the plan's {} tests",
+                modes.join(", ")
+            );
+            plan.only_modes(&modes)
+        }
+        None => plan,
     };
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     rep.emit(&Record::Kernel(release.trim().to_owned()));

@@ -149,7 +149,9 @@ pub fn run(workspace: &Path, opts: &Options) -> Result<()> {
     let started = Instant::now();
     // --keep hands the terminal to the guest: one VM at a time.
     let parallel = if opts.keep { 1 } else { MAX_PARALLEL_BOOTS };
-    let mut outcomes = boot_all(&ready, &plan, &image, &vm_dir, opts, parallel);
+    let shards = shards(&ready, &modes, &plan, parallel);
+    let boots = shards.len();
+    let mut outcomes = merge(boot_all(shards, &image, &vm_dir, opts, parallel));
     let wall = started.elapsed();
     for (pin, e) in &unavailable {
         let first = format!("{e:#}");
@@ -165,7 +167,7 @@ pub fn run(workspace: &Path, opts: &Options) -> Result<()> {
     let mut m = matrix::render(&outcomes, &modes);
     let _ = writeln!(
         m.markdown,
-        "\nWall time of the boots: {} s ({} kernel(s), at most {parallel} at once).",
+        "\nWall time of the boots: {} s ({} kernel(s) in {boots} boots, at most {parallel} at once).",
         wall.as_secs(),
         ready.len()
     );
@@ -181,12 +183,20 @@ pub fn run(workspace: &Path, opts: &Options) -> Result<()> {
         m.passed, m.failed, m.skipped, m.other_mode, m.problems
     );
     for k in &outcomes {
-        eprintln!(
-            "vm-test: [{}] {} s, console log {}",
-            k.name,
-            k.elapsed_secs,
-            vm_dir.join("run").join(&k.name).join("console.log").display()
-        );
+        for b in &k.boots {
+            eprintln!(
+                "vm-test: [{} {}] {} s, console log {}",
+                k.name,
+                b.modes,
+                b.secs,
+                vm_dir
+                    .join("run")
+                    .join(&k.name)
+                    .join(&b.modes)
+                    .join("console.log")
+                    .display()
+            );
+        }
     }
     eprintln!(
         "vm-test: wall time of the boots {} s ({} at once at most); per-test timing in {}",
@@ -203,31 +213,58 @@ pub fn run(workspace: &Path, opts: &Options) -> Result<()> {
     Ok(())
 }
 
-/// Boots every kernel, at most `parallel` at once, each with its own run directory (console log,
-/// records) under target/vm/run/NAME, and returns one outcome per kernel. A boot that fails in any
-/// way is that kernel's outcome; the others go on.
+/// One boot: a kernel and the part of the plan it runs.
+struct Shard<'a> {
+    kernel: &'a kernel::Kernel,
+    /// The modes this boot runs, joined by `+`: also its run directory's name.
+    modes: String,
+    plan: Plan,
+}
+
+/// Splits each kernel's modes over boots: with `parallel` slots and more kernels than slots, one
+/// boot per kernel would leave a slot idle while the last kernel runs alone (3 kernels on 2 slots
+/// take two kernels' time); halves of about equal length even that out. A boot costs ~10 s of
+/// its own (kernel start, `oomtrace check`), small against a half's minutes.
+fn shards<'a>(ready: &'a [kernel::Kernel], modes: &[&str], plan: &Plan, parallel: usize) -> Vec<Shard<'a>> {
+    let per_kernel = if parallel > 1 { 2 } else { 1 };
+    let chunk = modes.len().div_ceil(per_kernel).max(1);
+    let mut out = Vec::new();
+    for k in ready {
+        for group in modes.chunks(chunk) {
+            let group: Vec<String> = group.iter().map(|m| (*m).to_owned()).collect();
+            out.push(Shard {
+                kernel: k,
+                modes: group.join("+"),
+                plan: plan.only_modes(&group),
+            });
+        }
+    }
+    out
+}
+
+/// Boots every shard, at most `parallel` at once, each with its own run directory (console log,
+/// records) under target/vm/run/KERNEL/MODES, and returns each shard's outcome. A boot that fails
+/// in any way is that shard's outcome; the others go on.
 fn boot_all(
-    ready: &[kernel::Kernel],
-    plan: &Plan,
+    mut shards: Vec<Shard<'_>>,
     image: &Path,
     vm_dir: &Path,
     opts: &Options,
     parallel: usize,
 ) -> Vec<KernelOutcome> {
-    // The boot that took longest last time starts first (unknown ones before all), so that with
-    // more kernels than slots the last one to start is a short one.
-    let mut order: Vec<&kernel::Kernel> = ready.iter().collect();
-    order.sort_by_key(|k| std::cmp::Reverse(last_elapsed(vm_dir, k.pin.name).unwrap_or(u64::MAX)));
-    let queue = Mutex::new(VecDeque::from(order));
+    // Longest first (by the last run; unknown ones before all), so the last to start are short.
+    shards.sort_by_key(|b| std::cmp::Reverse(last_elapsed(&run_dir(vm_dir, b)).unwrap_or(u64::MAX)));
+    let slots = parallel.clamp(1, shards.len().max(1));
+    let queue = Mutex::new(VecDeque::from(shards));
     let outcomes = Mutex::new(Vec::new());
     thread::scope(|s| {
-        for _ in 0..parallel.clamp(1, ready.len()) {
+        for _ in 0..slots {
             s.spawn(|| {
                 loop {
-                    let Some(k) = queue.lock().expect("queue lock").pop_front() else {
+                    let Some(b) = queue.lock().expect("queue lock").pop_front() else {
                         break;
                     };
-                    let o = boot_one(k, plan, image, vm_dir, opts);
+                    let o = boot_one(&b, image, vm_dir, opts);
                     outcomes.lock().expect("outcomes lock").push(o);
                 }
             });
@@ -236,46 +273,83 @@ fn boot_all(
     outcomes.into_inner().expect("outcomes lock")
 }
 
-fn boot_one(k: &kernel::Kernel, plan: &Plan, image: &Path, vm_dir: &Path, opts: &Options) -> KernelOutcome {
-    let name = k.pin.name;
+fn run_dir(vm_dir: &Path, b: &Shard<'_>) -> PathBuf {
+    vm_dir.join("run").join(b.kernel.pin.name).join(&b.modes)
+}
+
+fn boot_one(b: &Shard<'_>, image: &Path, vm_dir: &Path, opts: &Options) -> KernelOutcome {
+    let k = b.kernel;
+    let name = format!("{} {}", k.pin.name, b.modes);
     eprintln!(
-        "vm-test: [{name}] booting {} (timeout {} s)",
+        "vm-test: [{name}] booting {} for {} tests (timeout {} s)",
         k.release,
+        b.plan.tests.len(),
         opts.boot_timeout.as_secs()
     );
-    let dir = vm_dir.join("run").join(name);
+    let dir = run_dir(vm_dir, b);
+    let modes: Vec<&str> = b.modes.split('+').collect();
     let cfg = qemu::BootConfig {
         vmlinux: &k.vmlinux,
         initramfs: image,
         dir: &dir,
+        modes: &modes,
         memory_mib: VM_MEMORY_MIB,
         timeout: opts.boot_timeout,
         keep: opts.keep,
     };
-    match qemu::boot(&cfg, |rec| progress(name, rec)) {
+    match qemu::boot(&cfg, |rec| progress(&name, rec)) {
         Ok(boot) => {
             let _ = fs::write(dir.join("elapsed_secs"), boot.elapsed.as_secs().to_string());
-            if let Some(up) = boot.first_record {
-                eprintln!(
-                    "vm-test: [{name}] finished in {} s (up after {:.1} s)",
-                    boot.elapsed.as_secs(),
-                    up.as_secs_f64()
-                );
-            }
-            outcome(k, plan, boot, opts.boot_timeout)
+            eprintln!(
+                "vm-test: [{name}] finished in {} s (guest up after {})",
+                boot.elapsed.as_secs(),
+                boot.first_record
+                    .map_or("-".to_owned(), |d| format!("{:.1} s", d.as_secs_f64()))
+            );
+            outcome(k, &b.modes, &b.plan, boot, opts.boot_timeout)
         }
         Err(e) => {
             eprintln!("vm-test: [{name}] error: {e:#}");
-            let mut o = unavailable_outcome(k.pin, plan, &format!("{e:#}"));
+            let mut o = unavailable_outcome(k.pin, &b.plan, &format!("{e:#}"));
             o.release = Some(k.release.clone());
+            o.boots = vec![matrix::BootTime {
+                modes: b.modes.clone(),
+                secs: 0,
+            }];
             o
         }
     }
 }
 
-/// How long the kernel's last boot took, if it was recorded.
-fn last_elapsed(vm_dir: &Path, name: &str) -> Option<u64> {
-    fs::read_to_string(vm_dir.join("run").join(name).join("elapsed_secs"))
+/// One outcome per kernel from its boots' outcomes.
+fn merge(parts: Vec<KernelOutcome>) -> Vec<KernelOutcome> {
+    let mut out: Vec<KernelOutcome> = Vec::new();
+    for p in parts {
+        match out.iter_mut().find(|o| o.name == p.name) {
+            None => out.push(p),
+            Some(o) => {
+                o.release = o.release.take().or(p.release);
+                for c in p.checks {
+                    if !o.checks.contains(&c) {
+                        o.checks.push(c);
+                    }
+                }
+                o.planned.extend(p.planned);
+                o.results.extend(p.results);
+                o.problems.extend(p.problems);
+                o.boots.extend(p.boots);
+            }
+        }
+    }
+    for o in &mut out {
+        o.boots.sort_by(|a, b| a.modes.cmp(&b.modes));
+    }
+    out
+}
+
+/// How long a boot last took, if it was recorded.
+fn last_elapsed(dir: &Path) -> Option<u64> {
+    fs::read_to_string(dir.join("elapsed_secs"))
         .ok()?
         .trim()
         .parse()
@@ -292,7 +366,7 @@ fn unavailable_outcome(pin: &Pin, plan: &Plan, why: &str) -> KernelOutcome {
         planned: plan.tests.clone(),
         results: Vec::new(),
         problems: vec![format!("not booted: {why}")],
-        elapsed_secs: 0,
+        boots: Vec::new(),
     }
 }
 
@@ -302,11 +376,16 @@ fn timing_report(outcomes: &[KernelOutcome]) -> String {
     let mut out = String::new();
     for k in outcomes {
         let total: u64 = k.results.iter().map(|r| r.millis).sum();
+        let boots: Vec<String> = k
+            .boots
+            .iter()
+            .map(|b| format!("{} {} s", b.modes, b.secs))
+            .collect();
         let _ = writeln!(
             out,
-            "vm-test: [{}] timing: boot {} s, tests {:.0} s",
+            "vm-test: [{}] timing: boots {}; tests {:.0} s",
             k.name,
-            k.elapsed_secs,
+            boots.join(", "),
             total as f64 / 1000.0
         );
         let mut by_mode: BTreeMap<&str, (u64, usize)> = BTreeMap::new();
@@ -368,7 +447,13 @@ fn progress(kernel: &str, rec: &Record) {
 }
 
 /// What one boot amounts to, with everything that makes the boot itself a failure.
-fn outcome(k: &kernel::Kernel, plan: &Plan, boot: qemu::Boot, timeout: Duration) -> KernelOutcome {
+fn outcome(
+    k: &kernel::Kernel,
+    modes: &str,
+    plan: &Plan,
+    boot: qemu::Boot,
+    timeout: Duration,
+) -> KernelOutcome {
     let mut release = None;
     let mut checks = Vec::new();
     let mut results = Vec::new();
@@ -379,27 +464,32 @@ fn outcome(k: &kernel::Kernel, plan: &Plan, boot: qemu::Boot, timeout: Duration)
             Record::Kernel(r) => release = Some(r),
             Record::Check { mode, verdict } => checks.push((mode, verdict)),
             Record::Result(r) => results.push(r),
-            Record::Kmsg { test, line, .. } => problems.push(format!("kernel error during {test}: {line}")),
+            Record::Kmsg { test, line, .. } => {
+                problems.push(format!("{modes} boot: kernel error during {test}: {line}"))
+            }
             Record::Done(n) => done = Some(n),
         }
     }
     for line in &boot.kernel_errors {
-        problems.push(format!("kernel error on the console: {}", line.trim()));
+        problems.push(format!(
+            "{modes} boot: kernel error on the console: {}",
+            line.trim()
+        ));
     }
     if boot.timed_out {
         problems.push(format!(
-            "the VM was still running after {} s and was killed",
+            "{modes} boot: the VM was still running after {} s and was killed",
             timeout.as_secs()
         ));
     } else if done.is_none() {
         problems.push(format!(
-            "the VM stopped without reporting all results (qemu: {})",
+            "{modes} boot: the VM stopped without reporting all results (qemu: {})",
             boot.qemu_exit
         ));
     }
     if done.is_some_and(|n| n != results.len()) || (done.is_some() && results.len() != plan.tests.len()) {
         problems.push(format!(
-            "{} results for {} planned tests",
+            "{modes} boot: {} results for {} planned tests",
             results.len(),
             plan.tests.len()
         ));
@@ -412,7 +502,10 @@ fn outcome(k: &kernel::Kernel, plan: &Plan, boot: qemu::Boot, timeout: Duration)
         planned: plan.tests.clone(),
         results,
         problems,
-        elapsed_secs: boot.elapsed.as_secs(),
+        boots: vec![matrix::BootTime {
+            modes: modes.to_owned(),
+            secs: boot.elapsed.as_secs(),
+        }],
     }
 }
 

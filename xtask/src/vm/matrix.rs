@@ -17,7 +17,16 @@ pub struct KernelOutcome {
     pub results: Vec<TestResult>,
     /// Why the boot as a whole failed (kernel errors, timeout, no `done` record), if it did.
     pub problems: Vec<String>,
-    pub elapsed_secs: u64,
+    /// Its boots (each runs some of the modes), in the order of their modes.
+    pub boots: Vec<BootTime>,
+}
+
+/// How long one boot of a kernel took.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootTime {
+    /// The modes it ran, joined by `+`.
+    pub modes: String,
+    pub secs: u64,
 }
 
 /// One cell.
@@ -187,11 +196,23 @@ pub fn render(kernels: &[KernelOutcome], modes: &[&str]) -> Matrix {
         let checks: Vec<String> = k.checks.iter().map(|(m, v)| format!("{m} {v}")).collect();
         let _ = writeln!(
             out,
-            "- {}: {} (`{}`), one boot, {} s; `oomtrace check`: {}",
+            "- {}: {} (`{}`), {}; `oomtrace check`: {}",
             k.name,
             k.source,
             k.release.as_deref().unwrap_or("release unknown"),
-            k.elapsed_secs,
+            match k.boots.as_slice() {
+                [] => "not booted".to_owned(),
+                [b] => format!("one boot, {} s", b.secs),
+                boots => format!(
+                    "{} boots: {}",
+                    boots.len(),
+                    boots
+                        .iter()
+                        .map(|b| format!("{} {} s", b.modes, b.secs))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            },
             if checks.is_empty() {
                 "no answer".to_owned()
             } else {
@@ -250,7 +271,10 @@ mod tests {
                 result("kprobe", "storm", Status::Pass, &["fentry"], ""),
             ],
             problems: vec![],
-            elapsed_secs: 10,
+            boots: vec![BootTime {
+                modes: "fentry+kprobe".into(),
+                secs: 10,
+            }],
         };
         let row = row_name("oom_kill", "kill_in_fentry_mode");
         assert_eq!(row, "oom_kill::kill_in_‹mode›_mode");

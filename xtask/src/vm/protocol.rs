@@ -21,6 +21,25 @@ pub const TAG: &str = "OOMTRACE-VM";
 /// The attach modes, best first (as `oomtrace run --attach` names them).
 pub const MODES: [&str; 4] = ["fentry", "kprobe", "tp_btf", "tracepoint"];
 
+/// Kernel command-line parameter that picks which of the plan's modes one boot runs
+/// (`oomtrace.modes=fentry,kprobe`): a kernel's modes can be split over concurrent boots with one
+/// initramfs. Without it a boot runs the whole plan. Dotted, so the kernel leaves it to modules
+/// and passes nothing of it to init's environment or arguments.
+pub const MODES_PARAM: &str = "oomtrace.modes";
+
+/// The modes a kernel command line selects with [`MODES_PARAM`], if it does.
+pub fn modes_on_cmdline(cmdline: &str) -> Option<Vec<String>> {
+    cmdline.split_whitespace().find_map(|p| {
+        let v = p.strip_prefix(MODES_PARAM)?.strip_prefix('=')?;
+        Some(
+            v.split(',')
+                .filter(|m| !m.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        )
+    })
+}
+
 /// Environment variable the guest sets for every test: the attach mode under test. Tests that
 /// start `oomtrace run` without `--attach` are expected to pass it on.
 pub const ATTACH_ENV: &str = "OOMTRACE_TEST_ATTACH";
@@ -207,6 +226,19 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The part of the plan in `modes`, in the plan's order.
+    pub fn only_modes(&self, modes: &[String]) -> Plan {
+        Plan {
+            tests: self
+                .tests
+                .iter()
+                .filter(|t| modes.contains(&t.mode))
+                .cloned()
+                .collect(),
+            ..self.clone()
+        }
+    }
+
     pub fn to_text(&self) -> String {
         let mut s = format!(
             "timeout\t{}\nkeep\t{}\n",
@@ -329,6 +361,27 @@ mod tests {
         };
         assert_eq!(Plan::parse(&plan.to_text()), Ok(plan));
         assert!(Plan::parse("test\tonly-two").is_err());
+    }
+
+    #[test]
+    fn a_boot_runs_the_modes_its_command_line_names() {
+        let cmdline = "console=ttyS0 panic=-1 oomtrace.modes=tp_btf,tracepoint rdinit=/init\n";
+        let modes = modes_on_cmdline(cmdline).unwrap();
+        assert_eq!(modes, ["tp_btf", "tracepoint"]);
+        assert_eq!(modes_on_cmdline("console=ttyS0 oomtrace.modesx=a"), None);
+        let t = |mode: &str| PlannedTest {
+            mode: mode.into(),
+            binary: "oom_kill".into(),
+            test: "t".into(),
+        };
+        let plan = Plan {
+            test_timeout_secs: 1,
+            keep: false,
+            tests: vec![t("fentry"), t("tp_btf"), t("kprobe"), t("tracepoint")],
+        };
+        let part = plan.only_modes(&modes);
+        assert_eq!(part.tests, [t("tp_btf"), t("tracepoint")]);
+        assert_eq!(part.test_timeout_secs, 1);
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub struct BootConfig<'a> {
     pub initramfs: &'a Path,
     /// Where the console log and the records go.
     pub dir: &'a Path,
+    /// The plan's modes this boot runs (see `protocol::MODES_PARAM`).
+    pub modes: &'a [&'a str],
     pub memory_mib: u32,
     pub timeout: Duration,
     /// Interactive: the console is shown and stdin goes to the guest; no timeout after `done`.
@@ -64,10 +66,12 @@ fn qemu_command(cfg: &BootConfig, results: &Path) -> Command {
         .arg(cfg.initramfs)
         // panic=-1 reboots at once on a panic, and -no-reboot turns that into qemu exiting;
         // oops=panic makes every Oops such a panic. loglevel=4 keeps the console to errors.
-        .args([
-            "-append",
-            "console=ttyS0 panic=-1 oops=panic loglevel=4 rdinit=/init",
-        ])
+        .arg("-append")
+        .arg(format!(
+            "console=ttyS0 panic=-1 oops=panic loglevel=4 rdinit=/init {}={}",
+            protocol::MODES_PARAM,
+            cfg.modes.join(",")
+        ))
         .stdin(if cfg.keep { Stdio::inherit() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
