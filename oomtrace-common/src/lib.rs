@@ -20,6 +20,133 @@ pub const MEMCG_LEVELS: usize = 8;
 /// An offset or field that the running kernel does not have.
 pub const ABSENT: u32 = u32::MAX;
 
+/// Memory-cgroup page counters (include/linux/page_counter.h, mm/memcontrol.c, v6.18): what "no
+/// limit" is, and which level of a hierarchy is the one whose limit an OOM hit. One rule for both
+/// sides: the eBPF programs apply it when memcg reclaim begins, the loader to the kill record.
+pub mod memcg {
+    /// `MEMCG_CHARGE_BATCH` (include/linux/memcontrol.h, v6.18): a charge may take up to this many
+    /// pages beyond its own need, so a failed one leaves usage within it of the limit.
+    pub const CHARGE_BATCH_PAGES: u64 = 64;
+
+    /// `PAGE_COUNTER_MAX` of a 64-bit kernel with `1 << page_shift`-byte pages: LONG_MAX / PAGE_SIZE
+    /// (include/linux/page_counter.h, v6.18). "max" (v2) and -1 (v1) are stored as it and
+    /// page_counter_memparse() caps every larger limit at it (mm/page_counter.c). It is 2^51 - 1
+    /// with 4 KiB pages but 2^49 - 1 with 16 KiB and 2^47 - 1 with 64 KiB ones (arm64, ppc64), so it
+    /// comes from the running kernel's page size, never from a constant.
+    pub const fn page_counter_max(page_shift: u32) -> u64 {
+        (i64::MAX as u64) >> (page_shift & 63)
+    }
+
+    /// Whether a page counter's `max` is a limit at all (false: "max" / unlimited).
+    pub const fn is_limited(max_pages: u64, page_shift: u32) -> bool {
+        max_pages < page_counter_max(page_shift)
+    }
+
+    /// How one level's counter stands against a charge of `nr_pages`.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Fit {
+        /// Takes the charge with more than a charge batch to spare, or has no limit.
+        Room,
+        /// Takes it, but within a charge batch of its limit: at its limit a moment ago, since when
+        /// other tasks freed (or uncharged) some pages.
+        Near,
+        /// Cannot take it: page_counter_try_charge() fails once usage + nr_pages > max
+        /// (mm/page_counter.c, v6.18).
+        Over,
+    }
+
+    /// Where a level with `usage_pages` of `max_pages` stands against a charge of `nr_pages`.
+    pub const fn fit(usage_pages: u64, max_pages: u64, nr_pages: u64, page_shift: u32) -> Fit {
+        let slack = if nr_pages > CHARGE_BATCH_PAGES {
+            nr_pages
+        } else {
+            CHARGE_BATCH_PAGES
+        };
+        if !is_limited(max_pages, page_shift) {
+            Fit::Room
+        } else if usage_pages.saturating_add(nr_pages) > max_pages {
+            Fit::Over
+        } else if usage_pages.saturating_add(slack) > max_pages {
+            Fit::Near
+        } else {
+            Fit::Room
+        }
+    }
+
+    /// The level whose limit an OOM hit, from `(level, usage_pages, max_pages)` nearest first:
+    /// try_charge_memcg() charges the hierarchy bottom-up and stops at the first counter that
+    /// cannot take the charge (mm/memcontrol.c, v6.18), so the nearest level [`Fit::Over`], else
+    /// the nearest [`Fit::Near`]; None when no level is near its limit (a global OOM, or the memory
+    /// was freed since). `nr_pages` is the failed charge (1 << order; 1 when unknown).
+    pub fn oom_level<T>(
+        levels: impl IntoIterator<Item = (T, u64, u64)>,
+        nr_pages: u64,
+        page_shift: u32,
+    ) -> Option<T> {
+        let mut near = None;
+        for (level, usage, max) in levels {
+            match fit(usage, max, nr_pages, page_shift) {
+                Fit::Over => return Some(level),
+                Fit::Near if near.is_none() => near = Some(level),
+                Fit::Near | Fit::Room => {}
+            }
+        }
+        near
+    }
+}
+
+/// Signals and `si_code` values (include/uapi/asm-generic/signal.h and siginfo.h, v6.18; the same
+/// numbers on every architecture oomtrace builds for).
+pub mod signal {
+    pub const SIGKILL: i32 = 9;
+    /// `si_code`: kill(2), pidfd_send_signal(2), raise(3).
+    pub const SI_USER: i32 = 0;
+    /// `si_code`: sent by the kernel. The classic `signal_generate` record also stores it for
+    /// [`SEND_SIG_PRIV`] (TP_STORE_SIGINFO, include/trace/events/signal.h v6.18).
+    pub const SI_KERNEL: i32 = 0x80;
+    pub const SI_QUEUE: i32 = -1;
+    pub const SI_TIMER: i32 = -2;
+    pub const SI_MESGQ: i32 = -3;
+    pub const SI_ASYNCIO: i32 = -4;
+    pub const SI_SIGIO: i32 = -5;
+    /// `si_code`: tkill(2) / tgkill(2).
+    pub const SI_TKILL: i32 = -6;
+    pub const SI_DETHREAD: i32 = -7;
+    pub const SI_ASYNCNL: i32 = -60;
+    /// The `struct kernel_siginfo *` values that are no pointer (include/linux/sched/signal.h,
+    /// v6.18): from user space without siginfo, and kernel-private (the OOM killer's SIGKILL).
+    pub const SEND_SIG_NOINFO: usize = 0;
+    pub const SEND_SIG_PRIV: usize = 1;
+
+    /// The signal that killed a task, from its `exit_code` (the low 7 bits; 0 for a normal exit).
+    pub const fn exit_signal(exit_code: i32) -> i32 {
+        exit_code & 0x7f
+    }
+
+    /// Whether an `exit_code` says the task dumped core (0x80).
+    pub const fn core_dumped(exit_code: i32) -> bool {
+        exit_code & 0x80 != 0
+    }
+
+    /// Whether the default action of `sig` ends the process (signal(7)): every standard signal
+    /// but SIGCHLD, SIGCONT, SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU, SIGURG (17-23) and SIGWINCH (28).
+    pub const fn terminates_by_default(sig: i32) -> bool {
+        matches!(sig, 1..=16 | 24..=27 | 29..=31)
+    }
+}
+
+/// `struct bpf_stack_build_id` (include/uapi/linux/bpf.h, v6.18): [`BuildIdFrame`]'s fields.
+pub mod build_id {
+    /// `BPF_BUILD_ID_SIZE`: the kernel's build-id field; a shorter id is followed by zeros.
+    pub const LEN: usize = 20;
+    /// `BPF_STACK_BUILD_ID_EMPTY`: no frame.
+    pub const EMPTY: i32 = 0;
+    /// `BPF_STACK_BUILD_ID_VALID`: `build_id` and a file offset in `offset_or_ip`.
+    pub const VALID: i32 = 1;
+    /// `BPF_STACK_BUILD_ID_IP`: no build id could be read; `offset_or_ip` is the raw IP.
+    pub const IP: i32 = 2;
+}
+
 /// Ring-buffer record kinds. Zeroed memory (0) is never a valid kind.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,9 +278,10 @@ const _: () = assert!(size_of::<MemcgLevel>() == 48);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BuildIdFrame {
-    /// BPF_STACK_BUILD_ID_EMPTY 0, _VALID 1 (build_id + offset), _IP 2 (only `offset_or_ip` = ip).
+    /// [`build_id::EMPTY`], [`build_id::VALID`] (build_id + offset) or [`build_id::IP`] (only
+    /// `offset_or_ip` = ip).
     pub status: i32,
-    pub build_id: [u8; 20],
+    pub build_id: [u8; build_id::LEN],
     pub offset_or_ip: u64,
 }
 const _: () = assert!(size_of::<BuildIdFrame>() == 32);
@@ -586,4 +714,58 @@ mod pod {
     unsafe impl aya::Pod for super::Exit {}
     unsafe impl aya::Pod for super::Reap {}
     unsafe impl aya::Pod for super::StackConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{memcg::*, signal::*};
+
+    #[test]
+    fn page_counter_max_follows_the_page_size() {
+        // LONG_MAX / PAGE_SIZE for 4, 16 and 64 KiB pages.
+        assert_eq!(page_counter_max(12), (1 << 51) - 1);
+        assert_eq!(page_counter_max(14), (1 << 49) - 1);
+        assert_eq!(page_counter_max(16), (1 << 47) - 1);
+        for shift in [12, 14, 16] {
+            assert!(!is_limited(page_counter_max(shift), shift));
+            assert!(is_limited(page_counter_max(shift) - 1, shift));
+        }
+        // The old fixed bound (2^50 pages) took a 64 KiB kernel's "max" for a limit of 8 EiB.
+        assert!(page_counter_max(16) < 1 << 50);
+    }
+
+    #[test]
+    fn the_nearest_level_that_cannot_take_the_charge_is_the_oom_memcg() {
+        let unl = page_counter_max(12);
+        let pick = |levels: &[(u64, u64)], nr| {
+            oom_level(levels.iter().enumerate().map(|(i, &(u, m))| (i, u, m)), nr, 12)
+        };
+        // the child is at its limit
+        assert_eq!(pick(&[(100, 100), (500, 1000), (9, unl)], 1), Some(0));
+        // the child has room, the parent is full: the parent's limit fired
+        assert_eq!(pick(&[(10, 1000), (1000, 1000), (9, unl)], 1), Some(1));
+        // an exact hit further up beats a near one below
+        assert_eq!(pick(&[(970, 1000), (1000, 1000)], 1), Some(1));
+        // an order-9 charge does not fit in 100 free pages
+        assert_eq!(pick(&[(900, 1000), (9, unl)], 512), Some(0));
+        // nobody near a limit: a global OOM
+        assert_eq!(pick(&[(10, unl), (9, unl)], 1), None);
+        assert_eq!(pick(&[(10, 1000), (9, unl)], 1), None);
+        // within a charge batch: memory freed since the charge failed
+        assert_eq!(pick(&[(970, 1000), (9, unl)], 1), Some(0));
+        assert_eq!(pick(&[], 1), None);
+        // usage above an unlimited max on a 64 KiB kernel is still no limit
+        let unl64 = page_counter_max(16);
+        assert_eq!(oom_level([(0, unl64, unl64)], 1, 16), None);
+    }
+
+    #[test]
+    fn signal_facts() {
+        assert!(terminates_by_default(SIGKILL));
+        assert!(terminates_by_default(15) && terminates_by_default(31) && terminates_by_default(24));
+        assert!(!(17..=23).any(terminates_by_default));
+        assert!(!terminates_by_default(28) && !terminates_by_default(0) && !terminates_by_default(32));
+        assert_eq!(exit_signal(0x89), SIGKILL);
+        assert!(core_dumped(0x86) && !core_dumped(9));
+    }
 }

@@ -3,7 +3,7 @@
 //! offset of `ABSENT` means the field does not exist on this kernel and reads as `None`.
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
-use oomtrace_common::{ABSENT, MEMCG_LEVELS, MemcgLevel, MmCounters, TaskIds};
+use oomtrace_common::{ABSENT, MEMCG_LEVELS, MemcgLevel, MmCounters, TaskIds, memcg};
 
 use crate::cfg;
 
@@ -97,45 +97,63 @@ pub fn memcg_levels(mut css: *const u8, out: &mut [MemcgLevel; MEMCG_LEVELS]) ->
     n
 }
 
-/// Page-counter limits at or above this many pages mean "no limit" (PAGE_COUNTER_MAX is
-/// LONG_MAX / PAGE_SIZE, include/linux/page_counter.h v6.18).
-const UNLIMITED_PAGES: u64 = 1 << 50;
-/// What one charge may ask for at once: MEMCG_CHARGE_BATCH (64 pages, include/linux/memcontrol.h
-/// v6.18); a failed charge leaves usage within that of the limit.
-const CHARGE_BATCH_PAGES: u64 = 64;
-
-/// The nearest memcg from `css` up whose `memory` page counter is at its limit, else the nearest
-/// within one charge batch of it; 0 if none. Taken when memcg reclaim begins, right after
+/// The nearest memcg from `css` up whose `memory` page counter cannot take one more page, else
+/// the nearest within a charge batch of its limit ([`memcg::oom_level`], the rule the loader
+/// applies to the kill record); 0 if none. Taken when memcg reclaim begins, right after
 /// page_counter_try_charge() failed at that memcg (try_charge_memcg(), mm/memcontrol.c v6.18):
 /// the counters then still show which limit fired, while at mark_victim memory that other dying
-/// tasks free in the meantime may already hide it.
+/// tasks free in the meantime may already hide it. The reclaim tracepoint does not carry the
+/// charge's size (try_to_free_mem_cgroup_pages() records order 0, mm/vmscan.c v6.18): one page.
 #[inline(always)]
-pub fn memcg_at_limit(mut css: *const u8) -> u64 {
+pub fn memcg_at_limit(css: *const u8) -> u64 {
     let memory = cfg!(memcg_memory);
     if memory == ABSENT {
         return 0;
     }
-    let usage_off = memory.wrapping_add(cfg!(page_counter_usage));
-    let max_off = memory.wrapping_add(cfg!(page_counter_max));
-    let parent = cfg!(css_parent);
-    let mut near = 0;
-    for _ in 0..MEMCG_LEVELS {
-        if css.is_null() {
-            break;
+    let usage = memory.wrapping_add(cfg!(page_counter_usage));
+    let max = memory.wrapping_add(cfg!(page_counter_max));
+    let levels = Ancestors::new(css).map(|css| {
+        let u = read::<u64>(css, usage).unwrap_or(0);
+        let m = read::<u64>(css, max).unwrap_or(u64::MAX);
+        (css, u, m)
+    });
+    memcg::oom_level(levels, 1, cfg!(page_shift)).map_or(0, css_id)
+}
+
+/// `css` and its parents, nearest first, at most [`MEMCG_LEVELS`]. A parent is read only when it
+/// is asked for.
+struct Ancestors {
+    css: *const u8,
+    left: usize,
+}
+
+impl Ancestors {
+    #[inline(always)]
+    fn new(css: *const u8) -> Self {
+        Self {
+            css,
+            left: MEMCG_LEVELS,
         }
-        let usage = read::<u64>(css, usage_off).unwrap_or(0);
-        let max = read::<u64>(css, max_off).unwrap_or(u64::MAX);
-        if max < UNLIMITED_PAGES {
-            if usage >= max {
-                return css_id(css);
-            }
-            if near == 0 && usage.saturating_add(CHARGE_BATCH_PAGES) > max {
-                near = css_id(css);
-            }
-        }
-        css = read_ptr(css, parent);
     }
-    near
+}
+
+impl Iterator for Ancestors {
+    type Item = *const u8;
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<*const u8> {
+        if self.css.is_null() || self.left == 0 {
+            return None;
+        }
+        let css = self.css;
+        self.left -= 1;
+        self.css = if self.left == 0 {
+            core::ptr::null()
+        } else {
+            read_ptr(css, cfg!(css_parent))
+        };
+        Some(css)
+    }
 }
 
 /// One `mm->rss_stat` counter in pages. Since 6.2 each is a `struct percpu_counter` whose `count`

@@ -18,7 +18,10 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use oomtrace_common::{ABSENT, Exit, OomSigkill, RecordKind, Signal, VictimSource, drop_reason};
+use oomtrace_common::{
+    ABSENT, Exit, OomSigkill, RecordKind, Signal, VictimSource, drop_reason,
+    signal::{self, SEND_SIG_NOINFO, SEND_SIG_PRIV, SI_KERNEL, SI_USER, SIGKILL},
+};
 
 use crate::{
     EVENTS, OOM_SIGKILLS, cfg, count_drop,
@@ -26,24 +29,11 @@ use crate::{
     tgids::tgid_of,
 };
 
-const SIGKILL: i32 = 9;
-/// SEND_SIG_NOINFO / SEND_SIG_PRIV (include/linux/sched/signal.h, v6.18): not real pointers.
-const SEND_SIG_PRIV: usize = 1;
-const SI_USER: i32 = 0;
-const SI_KERNEL: i32 = 0x80;
-
 /// Signals whose default action terminates the process (signal(7)); with `--signals all` these are
 /// reported, otherwise only SIGKILL, the one that cannot be caught.
 #[inline(always)]
 fn wanted(sig: i32) -> bool {
-    if sig == SIGKILL {
-        return true;
-    }
-    if cfg!(all_signals) == 0 {
-        return false;
-    }
-    // Not: SIGCHLD 17, SIGCONT 18, SIGSTOP 19, SIGTSTP 20, SIGTTIN 21, SIGTTOU 22, SIGURG 23, SIGWINCH 28.
-    (1..=31).contains(&sig) && !matches!(sig, 17..=23 | 28)
+    sig == SIGKILL || (cfg!(all_signals) != 0 && signal::terminates_by_default(sig))
 }
 
 #[inline(always)]
@@ -68,7 +58,7 @@ pub fn signal_generate_btf(ctx: BtfTracePointContext) -> u32 {
         note_oom_sigkill(read::<i32>(task, cfg!(task_pid)).unwrap_or(0) as u32);
     }
     let code = match info as usize {
-        0 => SI_USER,
+        SEND_SIG_NOINFO => SI_USER,
         SEND_SIG_PRIV => SI_KERNEL,
         _ => read::<i32>(info, cfg!(siginfo_code)).unwrap_or(SI_USER),
     };
@@ -188,7 +178,7 @@ pub fn process_exit(ctx: TracePointContext) -> u32 {
     // SAFETY: the running (exiting) task, only read through probe reads.
     let task = unsafe { bpf_get_current_task() } as *const u8;
     let code = read::<i32>(task, cfg!(task_exit_code)).unwrap_or(0);
-    if !wanted(code & 0x7f) {
+    if !wanted(signal::exit_signal(code)) {
         return 0;
     }
     // Only the group's last thread: the tracepoint says so since 6.16; before, signal->live has

@@ -30,8 +30,8 @@ use std::{
 use memmap2::Mmap;
 use object::{Object, ObjectSection, ObjectSegment, SegmentFlags};
 
-/// `BUILD_ID_SIZE_MAX`: the kernel's build-id field, zero-padded for shorter ids.
-pub const KERNEL_BUILD_ID_LEN: usize = 20;
+/// The kernel's build-id field, zero-padded for shorter ids.
+pub const KERNEL_BUILD_ID_LEN: usize = oomtrace_common::build_id::LEN;
 /// Files held open (each costs a descriptor and, once unwound or named, its parsed tables).
 const MAX_FILES: usize = 1024;
 /// Processes whose mappings are remembered; the oldest snapshot goes first.

@@ -10,16 +10,16 @@
 
 use std::{fs, path::Path};
 
+use oomtrace_common::{MemcgLevel, memcg};
+
 use crate::event::{Memory, Stat, StatSource};
-use oomtrace_common::MemcgLevel;
 
-/// `PAGE_COUNTER_MAX` (LONG_MAX / PAGE_SIZE): no limit.
-const UNLIMITED_PAGES: u64 = 1 << 50;
-
-/// The breakdown of one memcg level, `version` being the cgroup version, `dir` its cgroupfs directory.
+/// The breakdown of one memcg level, `version` being the cgroup version, `dir` its cgroupfs directory,
+/// `page` the running kernel's page size in bytes.
 pub fn memory(level: &MemcgLevel, page: u64, version: u8, dir: Option<&Path>, kill_ns: u64) -> Memory {
     let bytes = |pages: u64| pages.saturating_mul(page);
-    let limit = |pages: u64| (pages < UNLIMITED_PAGES).then(|| bytes(pages));
+    // "max" is PAGE_COUNTER_MAX of this kernel's page size (see oomtrace_common::memcg).
+    let limit = |pages: u64| memcg::is_limited(pages, page.trailing_zeros()).then(|| bytes(pages));
     let (swap, memsw) = if level.swap_max_pages == 0 && level.swap_usage_pages == 0 {
         ((None, None), (None, None))
     } else if version == 1 {
@@ -162,7 +162,7 @@ mod tests {
             max_pages: 16384,
             watermark_pages: 16384,
             swap_usage_pages: 16384,
-            swap_max_pages: UNLIMITED_PAGES + 1,
+            swap_max_pages: memcg::page_counter_max(12),
         };
         let m = memory(&l, 4096, 1, None, 0);
         assert_eq!(
@@ -175,6 +175,40 @@ mod tests {
         assert_eq!(
             (m2.swap_usage_bytes, m2.memsw_usage_bytes),
             (Some(64 << 20), None)
+        );
+    }
+
+    #[test]
+    fn unlimited_on_a_64k_page_kernel_has_no_limit() {
+        // arm64/ppc64 with 64 KiB pages: "max" is LONG_MAX / 65536 = 2^47 - 1 pages, below the
+        // 2^50 once taken for "unlimited" (then reported as a limit of 8 EiB).
+        let unlimited = memcg::page_counter_max(16);
+        let l = MemcgLevel {
+            id: 1,
+            usage_pages: 1000,
+            max_pages: unlimited,
+            watermark_pages: 0,
+            swap_usage_pages: 1,
+            swap_max_pages: unlimited,
+        };
+        for version in [1, 2] {
+            let m = memory(&l, 64 << 10, version, None, 0);
+            assert_eq!(m.limit_bytes, None, "v{version}");
+            assert_eq!(
+                (m.swap_limit_bytes, m.memsw_limit_bytes),
+                (None, None),
+                "v{version}"
+            );
+            assert_eq!(m.usage_bytes, 1000 << 16);
+        }
+        // A real limit just below "max" is still one.
+        let limited = MemcgLevel {
+            max_pages: unlimited - 1,
+            ..l
+        };
+        assert_eq!(
+            memory(&limited, 64 << 10, 2, None, 0).limit_bytes,
+            Some((unlimited - 1) << 16)
         );
     }
 }

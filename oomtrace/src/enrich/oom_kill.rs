@@ -3,7 +3,7 @@
 
 use std::{fs, sync::Arc};
 
-use oomtrace_common::{MemcgLevel, MmCounters, OomKill, VictimSource, flags};
+use oomtrace_common::{MemcgLevel, MmCounters, OomKill, VictimSource, flags, memcg};
 
 use crate::{
     enrich::{cgroups::Cgroups, memstat, ustack::UserSymbolizer},
@@ -18,9 +18,6 @@ use crate::{
     },
 };
 
-/// `PAGE_COUNTER_MAX` is LONG_MAX / PAGE_SIZE (include/linux/page_counter.h, v6.18); anything this
-/// large is "no limit".
-const UNLIMITED_PAGES: u64 = 1 << 50;
 /// How far apart the lines of one memory.oom.group kill may be.
 const GROUP_WINDOW_NS: u64 = 1_000_000_000;
 
@@ -82,22 +79,16 @@ pub struct OomKills {
     last_kill: Option<LastKill>,
 }
 
-/// Picks the memcg whose limit fired from the trigger's hierarchy walk: the nearest level that
-/// could not take `1 << order` more pages — try_charge_memcg() charges bottom-up and stops at the
-/// first counter over its max (mm/memcontrol.c, v6.18). A little slack covers pages freed or
-/// charged by other tasks between the failed charge and the kill.
-pub fn infer_oom_memcg(levels: &[MemcgLevel], order: i32) -> Option<usize> {
-    let nr = 1u64 << order.clamp(0, 10);
-    let limited = |l: &&MemcgLevel| l.max_pages < UNLIMITED_PAGES;
-    let exact = levels
+/// Picks the memcg whose limit fired from the trigger's hierarchy walk, for a charge of
+/// `1 << order` pages: [`memcg::oom_level`], the rule the eBPF side applies when reclaim begins.
+/// `page_shift` is the running kernel's (its "no limit" depends on it).
+pub fn infer_oom_memcg(levels: &[MemcgLevel], order: i32, page_shift: u32) -> Option<usize> {
+    let nr_pages = 1u64 << order.clamp(0, 10);
+    let levels = levels
         .iter()
-        .position(|l| limited(&l) && l.usage_pages.saturating_add(nr) > l.max_pages);
-    exact.or_else(|| {
-        let slack = nr.max(64);
-        levels
-            .iter()
-            .position(|l| limited(&l) && l.usage_pages.saturating_add(slack) > l.max_pages)
-    })
+        .enumerate()
+        .map(|(i, l)| (i, l.usage_pages, l.max_pages));
+    memcg::oom_level(levels, nr_pages, page_shift)
 }
 
 /// The previous oom_kill record, for grouping the victims of one OOM.
@@ -202,7 +193,7 @@ impl OomKills {
         let user_stack = self.user_stack(rec);
         let kernel_stack = self.kernel_stack(rec);
         let group = self.group_of(rec, exact, &kernel_stack);
-        let oom_level = oom_level(rec, levels, exact, group);
+        let oom_level = oom_level(rec, levels, exact, group, self.machine.page_size.trailing_zeros());
         let decaying = self.read_decaying(rec, levels, oom_level, cgroups);
         let (oom_memcg, constraint, totalpages) = if exact {
             self.exact_scope(rec, levels, decaying.oom_memory.clone(), cgroups)
@@ -475,7 +466,13 @@ impl OomKills {
 }
 
 /// Which level of the trigger's memcg walk is the memcg whose limit fired.
-fn oom_level(rec: &OomKill, levels: &[MemcgLevel], exact: bool, group: Option<LastKill>) -> Option<usize> {
+fn oom_level(
+    rec: &OomKill,
+    levels: &[MemcgLevel],
+    exact: bool,
+    group: Option<LastKill>,
+    page_shift: u32,
+) -> Option<usize> {
     if exact {
         return levels
             .iter()
@@ -492,7 +489,7 @@ fn oom_level(rec: &OomKill, levels: &[MemcgLevel], exact: bool, group: Option<La
     let r = &rec.reclaim;
     let reclaimed = rec.flags & flags::RECLAIM != 0;
     let order_hint = if reclaimed { r.order } else { 0 };
-    infer_oom_memcg(levels, order_hint).or_else(|| {
+    infer_oom_memcg(levels, order_hint, page_shift).or_else(|| {
         // Nothing at its limit any more at mark_victim (in a storm, earlier victims free memory
         // meanwhile): the memcg that was at its limit when this thread's reclaim began, right
         // after its charge failed.
@@ -750,24 +747,28 @@ mod tests {
 
     #[test]
     fn picks_the_nearest_memcg_at_its_limit() {
-        let unl = UNLIMITED_PAGES + 5;
+        let unl = memcg::page_counter_max(12);
+        let pick = |levels: &[MemcgLevel], order| infer_oom_memcg(levels, order, 12);
         // child at its limit
         assert_eq!(
-            infer_oom_memcg(&[lvl(3, 100, 100), lvl(2, 500, 1000), lvl(1, 9, unl)], 0),
+            pick(&[lvl(3, 100, 100), lvl(2, 500, 1000), lvl(1, 9, unl)], 0),
             Some(0)
         );
         // child has room, parent is full: the parent's limit fired
         assert_eq!(
-            infer_oom_memcg(&[lvl(3, 10, 1000), lvl(2, 1000, 1000), lvl(1, 9, unl)], 0),
+            pick(&[lvl(3, 10, 1000), lvl(2, 1000, 1000), lvl(1, 9, unl)], 0),
             Some(1)
         );
         // an order-9 charge does not fit in 100 free pages
-        assert_eq!(infer_oom_memcg(&[lvl(3, 900, 1000), lvl(1, 9, unl)], 9), Some(0));
+        assert_eq!(pick(&[lvl(3, 900, 1000), lvl(1, 9, unl)], 9), Some(0));
         // nobody near a limit: global
-        assert_eq!(infer_oom_memcg(&[lvl(3, 10, unl), lvl(1, 9, unl)], 0), None);
+        assert_eq!(pick(&[lvl(3, 10, unl), lvl(1, 9, unl)], 0), None);
         // slack: 30 pages below the limit after another task freed some
-        assert_eq!(infer_oom_memcg(&[lvl(3, 970, 1000), lvl(1, 9, unl)], 0), Some(0));
-        assert_eq!(infer_oom_memcg(&[], 0), None);
+        assert_eq!(pick(&[lvl(3, 970, 1000), lvl(1, 9, unl)], 0), Some(0));
+        assert_eq!(pick(&[], 0), None);
+        // 64 KiB pages: "max" (2^47 - 1 pages) is no limit, whatever the usage
+        let unl64 = memcg::page_counter_max(16);
+        assert_eq!(infer_oom_memcg(&[lvl(3, unl64, unl64)], 0, 16), None);
     }
 
     #[test]

@@ -45,16 +45,15 @@ use blazesym::normalize::{NormalizeOpts, Normalizer, UserMeta};
 use blazesym::symbolize::source::{Elf, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer};
 use blazesym::{ErrorKind, Pid};
-use oomtrace_common::{BuildIdFrame, USTACK_BUILD_ID_DEPTH, USTACK_DEPTH};
+use oomtrace_common::{
+    BuildIdFrame, USTACK_BUILD_ID_DEPTH, USTACK_DEPTH,
+    build_id::{IP as BUILD_ID_IP, VALID as BUILD_ID_VALID},
+};
 
 use super::buildid::{FileId, KERNEL_BUILD_ID_LEN, ModuleCache, ProcMaps, kernel_key};
 use super::unwind::{self, End, StackCopyRec};
 use crate::event::{self, UnwinderKind, UserFrame, UserStack};
 
-/// `BPF_STACK_BUILD_ID_VALID`: `build_id` and `offset_or_ip` (a file offset) are set.
-const BUILD_ID_VALID: i32 = 1;
-/// `BPF_STACK_BUILD_ID_IP`: only `offset_or_ip` (the raw IP) is set.
-const BUILD_ID_IP: i32 = 2;
 /// Mapped files kept open (with their parsed symbols) before the caches are dropped and rebuilt.
 const MAX_MODULES: usize = 128;
 /// Smallest page size: `ip - file offset` is a multiple of it for any IP inside a file mapping.

@@ -5,7 +5,13 @@
 
 use std::{collections::HashMap, fs};
 
-use oomtrace_common::{Exit, Signal};
+use oomtrace_common::{
+    Exit, Signal,
+    signal::{
+        self as sigs, SI_ASYNCIO, SI_ASYNCNL, SI_DETHREAD, SI_KERNEL, SI_MESGQ, SI_QUEUE, SI_SIGIO, SI_TIMER,
+        SI_TKILL, SI_USER, SIGKILL,
+    },
+};
 
 use crate::{
     enrich::cgroups::Cgroups,
@@ -13,9 +19,6 @@ use crate::{
     kernel::record::comm,
 };
 
-const SI_USER: i32 = 0;
-const SI_KERNEL: i32 = 0x80;
-const SIGKILL: i32 = 9;
 /// The OOM killer's SIGKILLs to processes sharing the victim's mm follow its oom_kill record on the
 /// same thread within the same __oom_kill_process() call (mm/oom_kill.c, v6.18).
 const SHARED_MM_WINDOW_NS: u64 = 100_000_000;
@@ -68,16 +71,16 @@ pub fn signal_name(sig: i32) -> String {
 /// `si_code` values common to all signals (include/uapi/asm-generic/siginfo.h, v6.18).
 pub fn code_name(code: i32) -> String {
     match code {
-        0 => "SI_USER".into(),
-        0x80 => "SI_KERNEL".into(),
-        -1 => "SI_QUEUE".into(),
-        -2 => "SI_TIMER".into(),
-        -3 => "SI_MESGQ".into(),
-        -4 => "SI_ASYNCIO".into(),
-        -5 => "SI_SIGIO".into(),
-        -6 => "SI_TKILL".into(),
-        -7 => "SI_DETHREAD".into(),
-        -60 => "SI_ASYNCNL".into(),
+        SI_USER => "SI_USER".into(),
+        SI_KERNEL => "SI_KERNEL".into(),
+        SI_QUEUE => "SI_QUEUE".into(),
+        SI_TIMER => "SI_TIMER".into(),
+        SI_MESGQ => "SI_MESGQ".into(),
+        SI_ASYNCIO => "SI_ASYNCIO".into(),
+        SI_SIGIO => "SI_SIGIO".into(),
+        SI_TKILL => "SI_TKILL".into(),
+        SI_DETHREAD => "SI_DETHREAD".into(),
+        SI_ASYNCNL => "SI_ASYNCNL".into(),
         c => c.to_string(),
     }
 }
@@ -296,7 +299,7 @@ impl Whodunit {
 
     pub fn exit(&mut self, rec: &Exit, cgroups: &mut Cgroups) -> ExitEv {
         let t = &rec.task;
-        let sig = rec.exit_code & 0x7f;
+        let sig = sigs::exit_signal(rec.exit_code);
         let pending = self
             .pending
             .remove(&t.tgid)
@@ -312,7 +315,7 @@ impl Whodunit {
             process,
             exit_signal: sig,
             signal: signal_name(sig),
-            core_dumped: rec.exit_code & 0x80 != 0,
+            core_dumped: sigs::core_dumped(rec.exit_code),
             exit_code: 128 + sig,
             runtime_ns,
             verdict: Verdict::Unknown,
