@@ -519,8 +519,11 @@ pub struct Config {
     pub tp_free_pid: u32,
     /// `pid` in the oom:*_reaping / wake_reaper records (one event class).
     pub tp_reap_pid: u32,
+    /// 1 when tp_btf sched_process_exit carries `bool group_dead` as its second argument
+    /// (6.16+: btf_trace_sched_process_exit has 3 parameters), ABSENT before.
+    pub btf_exit_group_dead: u32,
 }
-const _: () = assert!(size_of::<Config>() == 70 * 4);
+const _: () = assert!(size_of::<Config>() == 71 * 4);
 
 impl Config {
     /// Every offset absent: the programs read nothing until the loader fills it in.
@@ -595,6 +598,7 @@ impl Config {
         tp_nt_pid: ABSENT,
         tp_nt_clone_flags: ABSENT,
         tp_free_pid: ABSENT,
+        btf_exit_group_dead: ABSENT,
     };
 }
 

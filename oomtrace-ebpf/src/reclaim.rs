@@ -9,8 +9,8 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_boot_ns},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use oomtrace_common::{ABSENT, Reclaim, flags};
 
@@ -31,6 +31,22 @@ pub fn direct_reclaim_begin(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// TP_PROTO(int order, gfp_t gfp_flags) for both (include/trace/events/vmscan.h, v5.10 to v6.18);
+/// gfp_t is an unsigned int.
+#[btf_tracepoint(function = "mm_vmscan_memcg_reclaim_begin")]
+pub fn memcg_reclaim_begin_btf(ctx: BtfTracePointContext) -> u32 {
+    let gfp: u32 = ctx.arg(1);
+    store(ctx.arg(0), u64::from(gfp), flags::RECLAIM_MEMCG);
+    0
+}
+
+#[btf_tracepoint(function = "mm_vmscan_direct_reclaim_begin")]
+pub fn direct_reclaim_begin_btf(ctx: BtfTracePointContext) -> u32 {
+    let gfp: u32 = ctx.arg(1);
+    store(ctx.arg(0), u64::from(gfp), flags::RECLAIM_DIRECT);
+    0
+}
+
 #[inline(always)]
 fn remember(ctx: &TracePointContext, kind: u32) {
     let order_off = cfg!(tp_reclaim_order);
@@ -48,6 +64,11 @@ fn remember(ctx: &TracePointContext, kind: u32) {
         unsafe { ctx.read_at::<u64>(gfp_off as usize) }
     }
     .unwrap_or(0);
+    store(order, gfp_mask, kind);
+}
+
+#[inline(always)]
+fn store(order: i32, gfp_mask: u64, kind: u32) {
     let tid = bpf_get_current_pid_tgid() as u32;
     let memcg_id = if kind == flags::RECLAIM_MEMCG {
         // SAFETY: the running task, only read through probe reads.

@@ -175,6 +175,24 @@ fn exe_name(task: *const u8, out: &mut [u8; oomtrace_common::EXE_LEN]) {
 /// `sched:sched_process_exit`, on the exiting thread itself.
 #[tracepoint]
 pub fn process_exit(ctx: TracePointContext) -> u32 {
+    let gd_off = cfg!(tp_exit_group_dead);
+    let group_dead =
+        (gd_off != ABSENT).then(|| read::<u8>(ctx.as_ptr() as *const u8, gd_off).unwrap_or(0) != 0);
+    exit(group_dead)
+}
+
+/// TP_PROTO(struct task_struct *p) before 6.16, (struct task_struct *p, bool group_dead) since
+/// (include/trace/events/sched.h); `p` is current.
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn process_exit_btf(ctx: BtfTracePointContext) -> u32 {
+    let group_dead = (cfg!(btf_exit_group_dead) != ABSENT).then(|| ctx.arg::<u8>(1) != 0);
+    exit(group_dead)
+}
+
+/// One process's death. `group_dead` is the tracepoint's own word for "the group's last thread",
+/// where it has one.
+#[inline(always)]
+fn exit(group_dead: Option<bool>) -> u32 {
     // SAFETY: the running (exiting) task, only read through probe reads.
     let task = unsafe { bpf_get_current_task() } as *const u8;
     let code = read::<i32>(task, cfg!(task_exit_code)).unwrap_or(0);
@@ -183,13 +201,10 @@ pub fn process_exit(ctx: TracePointContext) -> u32 {
     }
     // Only the group's last thread: the tracepoint says so since 6.16; before, signal->live has
     // just been decremented to 0 by that thread (do_exit(), kernel/exit.c v6.18).
-    let gd_off = cfg!(tp_exit_group_dead);
-    let group_dead = if gd_off != ABSENT {
-        read::<u8>(ctx.as_ptr() as *const u8, gd_off).unwrap_or(0) != 0
-    } else {
+    let group_dead = group_dead.unwrap_or_else(|| {
         let signal = read_ptr(task, cfg!(task_signal));
         read::<i32>(signal, cfg!(signal_live)) == Some(0)
-    };
+    });
     if !group_dead {
         return 0;
     }

@@ -9,7 +9,7 @@ use crate::kernel::{
     self,
     attach::{self as loader, AttachMode, KernelInfo},
     btf::BtfSource,
-    caps, cgroup,
+    caps, cgroup, features, memcg_watch,
 };
 
 pub fn run(btf: &BtfSource) -> Result<bool> {
@@ -111,6 +111,26 @@ pub fn run(btf: &BtfSource) -> Result<bool> {
         match loader::attach(&info, AttachMode::Auto, 4096) {
             Ok(a) => {
                 let _ = writeln!(out, "run would use     {}", a.report.mode);
+                let hierarchy = cgroup::detect();
+                let list = features::features(&features::Inputs {
+                    report: &a.report,
+                    off: &a.off,
+                    memcg_oom: hierarchy
+                        .as_ref()
+                        .map(memcg_watch::source)
+                        .ok_or_else(|| "no cgroup hierarchy with the memory controller".to_owned()),
+                    user_stacks: true,
+                    kallsyms: caps::has(eff, caps::CAP_SYSLOG),
+                    btf: info.btf.is_some(),
+                });
+                for f in list {
+                    let state = match (&f.reason, &f.fix) {
+                        _ if f.on => "on".to_owned(),
+                        (Some(r), Some(fix)) => format!("OFF: {r} (to turn it on: {fix})"),
+                        (r, _) => format!("OFF: {}", r.as_deref().unwrap_or("?")),
+                    };
+                    let _ = writeln!(out, "feature {:<22}{state}", f.name.as_str());
+                }
             }
             Err(e) => {
                 ok = false;

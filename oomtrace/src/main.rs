@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use oomtrace::{
     check,
-    kernel::{attach::AttachMode, btf::BtfSource},
+    kernel::{self, attach::AttachMode, btf::BtfSource},
     run,
     sink::Format,
 };
@@ -109,6 +109,18 @@ fn main() -> ExitCode {
         .format_timestamp(None)
         .format_target(false)
         .init();
+    // Before any thread exists (see tracefs::ensure_mounted).
+    if matches!(cli.command, Command::Run(_) | Command::Check(_)) {
+        match kernel::tracefs::ensure_mounted() {
+            Ok(kernel::tracefs::Mounted::Private) => {
+                log::info!(
+                    "tracefs was not mounted: mounted it in oomtrace's own mount namespace (the host's is unchanged)"
+                )
+            }
+            Ok(kernel::tracefs::Mounted::Already) => {}
+            Err(e) => log::debug!("tracefs stays unmounted ({e:#}): classic tracepoints cannot attach"),
+        }
+    }
     let result = match cli.command {
         Command::Check(a) => {
             check::run(&btf_source(a.btf)).map(|ok| if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })

@@ -19,13 +19,14 @@ use crate::{
         oom_kill::{KernelSymbols, Machine, OomKills},
         ustack::UserSymbolizer,
     },
-    event::{CgroupReport, MemcgOomSource, Start},
+    event::{CgroupReport, Start},
     kernel::{
         self,
         attach::{self as loader, AttachMode, KernelInfo},
         btf::BtfSource,
         caps, cgroup,
         clock::Clock,
+        features,
         ksyms::Ksyms,
         memcg_watch, record,
     },
@@ -160,6 +161,7 @@ pub async fn run(opts: Options) -> Result<()> {
     let attached = loader::attach(&info, opts.attach, opts.ring_size)?;
     let mut report = attached.report;
     let mut ebpf = attached.ebpf;
+    let attached_off = attached.off;
     for f in &report.fallbacks {
         log::info!("not using {f}");
     }
@@ -183,23 +185,31 @@ pub async fn run(opts: Options) -> Result<()> {
 
     let (tx, rx) = queue::bounded::<Input>(PIPELINE_QUEUE_BYTES);
     let hierarchy = cgroup::detect();
-    if let Some(h) = &hierarchy {
-        let memcg_tx = tx.clone();
-        match memcg_watch::spawn(h.clone(), move |m| {
-            // Refused when full: counted as pipeline_backpressure.
-            memcg_tx.try_send(Input::MemcgOom(m), 256);
-            true
-        }) {
-            Ok(()) => {
-                report.memcg_oom = Some(if h.version == 1 {
-                    MemcgOomSource::CgroupV1OomControl
-                } else {
-                    MemcgOomSource::CgroupV2MemoryEvents
-                });
-            }
-            Err(e) => log::warn!("memcg_oom records are off: {e:#}"),
+    let memcg_oom = match &hierarchy {
+        Some(h) => {
+            let memcg_tx = tx.clone();
+            memcg_watch::spawn(h.clone(), move |m| {
+                // Refused when full: counted as pipeline_backpressure.
+                memcg_tx.try_send(Input::MemcgOom(m), 256);
+                true
+            })
+            .map(|()| memcg_watch::source(h))
+            .map_err(|e| {
+                log::warn!("memcg_oom records are off: {e:#}");
+                format!("{e:#}")
+            })
         }
-    }
+        None => Err("no cgroup hierarchy with the memory controller".to_owned()),
+    };
+    report.memcg_oom = memcg_oom.as_ref().ok().copied();
+    let features = features::features(&features::Inputs {
+        report: &report,
+        off: &attached_off,
+        memcg_oom,
+        user_stacks: opts.user_stacks,
+        kallsyms: caps::has(caps::effective(), caps::CAP_SYSLOG),
+        btf: have_btf,
+    });
     let start = Start {
         version: env!("CARGO_PKG_VERSION"),
         kernel: kernel::release(),
@@ -212,6 +222,7 @@ pub async fn run(opts: Options) -> Result<()> {
         btf: have_btf,
         ring_buffer_bytes: opts.ring_size,
         pid: std::process::id(),
+        features,
     };
     let mut resolver = cgroup::Resolver::new(hierarchy);
     resolver.walk();

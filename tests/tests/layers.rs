@@ -17,8 +17,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("kernel", &["event"]),
     // The record -> event pipeline.
     ("enrich", &["kernel", "event"]),
-    // Where events go.
-    ("sink", &["event", "kernel"]),
+    // Where events go (the metrics sink labels by the pipeline's Kubernetes identity).
+    ("sink", &["enrich", "event", "kernel"]),
     // The pipeline thread: record in, line out.
     ("stream", &["enrich", "sink", "kernel", "event", "queue"]),
     // The commands.

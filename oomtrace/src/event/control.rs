@@ -14,6 +14,47 @@ pub struct Start {
     pub btf: bool,
     pub ring_buffer_bytes: u32,
     pub pid: u32,
+    /// What this run reports and what it cannot, feature by feature (the same list as
+    /// `oomtrace check` prints).
+    pub features: Vec<Feature>,
+}
+
+/// One capability of oomtrace on this kernel: on, or off with why and what would turn it on.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Feature {
+    pub name: FeatureName,
+    pub on: bool,
+    /// Why it is off (null when on).
+    pub reason: Option<String>,
+    /// What would turn it on (null when on, or when nothing can).
+    pub fix: Option<String>,
+}
+
+wire_enum! {
+    /// The capabilities `start.features` and `oomtrace check` report.
+    pub enum FeatureName {
+        /// `oom_kill` records (always on when oomtrace runs).
+        OomKill = "oom_kill",
+        /// `struct oom_control` read exactly (fentry/kprobe): oom_memcg, constraint, totalpages,
+        /// points, gfp_mask and order without inference.
+        ExactOomControl = "exact_oom_control",
+        /// `allocation.gfp_mask` and `order` (exactly, or from the trigger's last reclaim).
+        AllocationGfpOrder = "allocation_gfp_order",
+        /// `signal` records for every SIGKILL, and telling a kill from a mark without one.
+        Signals = "signals",
+        /// `exit` records with a verdict per SIGKILL death.
+        ExitVerdicts = "exit_verdicts",
+        /// `memcg_oom` records: OOMs that kill nothing.
+        MemcgOom = "memcg_oom",
+        /// `oom_reap` records.
+        OomReaper = "oom_reaper",
+        /// `allocation.user_stack`.
+        UserStacks = "user_stacks",
+        /// Kernel stacks with function names (kallsyms).
+        KernelSymbols = "kernel_symbols",
+        /// Victims' and triggers' cgroups named by id (needs BTF).
+        CgroupIds = "cgroup_ids",
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

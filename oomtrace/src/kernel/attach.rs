@@ -13,7 +13,7 @@ use clap::ValueEnum;
 use oomtrace_common::{Config, drop_reason};
 
 use crate::{
-    event::{Attach, AttachReport},
+    event::{Attach, AttachReport, FeatureName},
     kernel::{btf, layout, tracefs},
 };
 
@@ -152,6 +152,8 @@ fn gfp_bits(btf: Option<&btf::Btf>) -> crate::kernel::gfp::GfpBits {
 pub struct Attached {
     pub ebpf: Ebpf,
     pub report: AttachReport,
+    /// Optional features that could not be had, and why.
+    pub off: Vec<(FeatureName, String)>,
 }
 
 /// First line of an error chain, for one-line fallback reasons.
@@ -187,21 +189,26 @@ pub fn attach(info: &KernelInfo, want: AttachMode, ring_bytes: u32) -> Result<At
     // Classic tracepoints are the last resort; the tid map they need is only worth its kernel
     // memory when they are asked for or nothing better can work.
     let classic_expected = want == AttachMode::Tracepoint || info.btf.is_none();
+    // aya parses the kernel's BTF again for the tp_btf/fentry loads (tens of ms): on a thread of
+    // its own while the object loads and its maps are made.
+    let aya_btf = (info.btf.is_some() && want != AttachMode::Tracepoint).then(|| {
+        let source = info.btf_source.clone();
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            let b = source.load_aya().map_err(|e| log::warn!("{e:#}"));
+            log::debug!("aya BTF parsed in {:?}", t.elapsed());
+            b.ok()
+        })
+    });
     let ebpf = load(info, ring_bytes, classic_expected)?;
-    let aya_btf = if info.btf.is_some() && want != AttachMode::Tracepoint {
-        let t = Instant::now();
-        let b = info.btf_source.load_aya().map_err(|e| log::warn!("{e:#}"));
-        log::debug!("aya BTF parsed in {:?}", t.elapsed());
-        b.ok()
-    } else {
-        None
-    };
+    let aya_btf = aya_btf.and_then(|h| h.join().ok().flatten());
     let mut a = Attacher {
         ebpf,
         info,
         want,
         btf: aya_btf,
         fallbacks: Vec::new(),
+        off: Vec::new(),
     };
     let oom_kill_process = a.exact()?;
     let mark_victim = a.mark_victim()?;
@@ -210,7 +217,7 @@ pub fn attach(info: &KernelInfo, want: AttachMode, ring_bytes: u32) -> Result<At
     } else {
         None
     };
-    let signal_generate = a.signal_generate(mark_victim);
+    let signal_generate = a.signal_generate();
     let process_exit = a.process_exit();
     let task_newtask = if mark_victim == Attach::Tracepoint || signal_generate == Some(Attach::Tracepoint) {
         a.task_newtask(classic_expected)
@@ -230,7 +237,11 @@ pub fn attach(info: &KernelInfo, want: AttachMode, ring_bytes: u32) -> Result<At
         task_newtask,
         fallbacks: a.fallbacks,
     };
-    Ok(Attached { ebpf: a.ebpf, report })
+    Ok(Attached {
+        ebpf: a.ebpf,
+        report,
+        off: a.off,
+    })
 }
 
 /// The state of one [`attach`] run.
@@ -241,6 +252,7 @@ struct Attacher<'a> {
     btf: Option<aya::Btf>,
     /// Why each better mode was not used.
     fallbacks: Vec<String>,
+    off: Vec<(FeatureName, String)>,
 }
 
 impl Attacher<'_> {
@@ -322,74 +334,130 @@ impl Attacher<'_> {
         Ok(Attach::Tracepoint)
     }
 
-    /// 3. Optional: reclaim-begin records for gfp/order where oom_control is not available.
-    fn reclaim(&mut self) -> Option<Attach> {
-        if self.info.reclaim_format.is_none() {
-            log::warn!("allocation gfp_mask/order will be unknown: no vmscan reclaim tracepoints in tracefs");
-            return None;
+    /// Attaches each of `hooks` as `tp_btf` where this kernel's BTF allows (typed arguments, no
+    /// tracefs needed), else as a classic tracepoint, whose format `classic` says is readable.
+    /// Reports `tp_btf` only if every hook got it.
+    fn hooks(&mut self, hooks: &[Hook], classic: Result<(), String>) -> Result<Attach> {
+        let mut all_btf = true;
+        for h in hooks {
+            let btf = match (&self.btf, self.want) {
+                (_, AttachMode::Tracepoint) => Err(anyhow!("--attach tracepoint")),
+                (Some(btf), _) => attach_btf_tp(&mut self.ebpf, h.btf_prog, h.name, btf),
+                (None, _) => Err(self.no_btf()),
+            };
+            if let Err(e) = btf {
+                log::debug!("tp_btf/{}: {}", h.name, short(&e));
+                all_btf = false;
+                classic
+                    .clone()
+                    .map_err(|why| anyhow!("{why}; tp_btf: {}", short(&e)))?;
+                attach_tracepoint(&mut self.ebpf, h.classic_prog, h.category, h.name)?;
+            }
         }
-        let a = attach_tracepoint(
-            &mut self.ebpf,
-            "memcg_reclaim_begin",
-            "vmscan",
-            "mm_vmscan_memcg_reclaim_begin",
-        )
-        .and_then(|()| {
-            attach_tracepoint(
-                &mut self.ebpf,
-                "direct_reclaim_begin",
-                "vmscan",
-                "mm_vmscan_direct_reclaim_begin",
-            )
-        });
-        match a {
-            Ok(()) => Some(Attach::Tracepoint),
+        Ok(if all_btf {
+            Attach::TpBtf
+        } else {
+            Attach::Tracepoint
+        })
+    }
+
+    /// Records an optional feature that could not be had, and says so on stderr.
+    fn optional(&mut self, r: Result<Attach>, feature: FeatureName, lost: &str) -> Option<Attach> {
+        match r {
+            Ok(a) => Some(a),
             Err(e) => {
-                log::warn!("allocation gfp_mask/order will be unknown: {}", short(&e));
+                let why = short(&e);
+                log::warn!("{lost}: {why}");
+                self.off.push((feature, why));
                 None
             }
         }
     }
 
+    /// 3. Optional: reclaim-begin records for gfp/order where oom_control is not available.
+    fn reclaim(&mut self) -> Option<Attach> {
+        let classic = if self.info.reclaim_format.is_some() {
+            Ok(())
+        } else {
+            Err(no_tracefs_format(self.info, "vmscan reclaim tracepoints"))
+        };
+        let r = self.hooks(
+            &[
+                Hook::new(
+                    "memcg_reclaim_begin_btf",
+                    "memcg_reclaim_begin",
+                    "vmscan",
+                    "mm_vmscan_memcg_reclaim_begin",
+                ),
+                Hook::new(
+                    "direct_reclaim_begin_btf",
+                    "direct_reclaim_begin",
+                    "vmscan",
+                    "mm_vmscan_direct_reclaim_begin",
+                ),
+            ],
+            classic,
+        );
+        self.optional(
+            r,
+            FeatureName::AllocationGfpOrder,
+            "allocation gfp_mask/order will be unknown",
+        )
+    }
+
     /// 4. Whodunit: every SIGKILL generated. Optional: without it oom_kill records still flow,
     ///    but no `signal`/`exit` verdicts.
-    fn signal_generate(&mut self, mark_victim: Attach) -> Option<Attach> {
-        let btf = match (&self.btf, mark_victim) {
-            (Some(btf), Attach::TpBtf) => {
-                attach_btf_tp(&mut self.ebpf, "signal_generate_btf", "signal_generate", btf)
-                    .map(|()| Attach::TpBtf)
-            }
-            (None, Attach::TpBtf) => Err(anyhow!("no BTF")),
-            _ => Err(anyhow!("not in tp_btf mode")),
+    fn signal_generate(&mut self) -> Option<Attach> {
+        let classic = if self.info.signal_format.is_some() {
+            Ok(())
+        } else {
+            Err(no_tracefs_format(self.info, "signal:signal_generate"))
         };
-        let r = btf.or_else(|_| {
-            if self.info.signal_format.is_none() {
-                bail!("no signal:signal_generate in tracefs");
-            }
-            attach_tracepoint(&mut self.ebpf, "signal_generate_tp", "signal", "signal_generate")
-                .map(|()| Attach::Tracepoint)
-        });
-        r.map_err(|e| log::warn!("signal records and kill verdicts are off: {}", short(&e)))
-            .ok()
+        let r = self.hooks(
+            &[Hook::new(
+                "signal_generate_btf",
+                "signal_generate_tp",
+                "signal",
+                "signal_generate",
+            )],
+            classic,
+        );
+        self.optional(
+            r,
+            FeatureName::Signals,
+            "signal records and kill verdicts are off",
+        )
     }
 
     /// 4b. Every process that died of a fatal signal.
     fn process_exit(&mut self) -> Option<Attach> {
         let cfg = &self.info.cfg;
         let absent = oomtrace_common::ABSENT;
-        let exit_ok = self.info.exit_format.is_some()
-            && cfg.task_exit_code != absent
-            && (cfg.tp_exit_group_dead != absent || cfg.signal_live != absent);
-        let r = if exit_ok {
-            attach_tracepoint(&mut self.ebpf, "process_exit", "sched", "sched_process_exit")
+        let r = if cfg.task_exit_code == absent {
+            Err(anyhow!("needs task_struct.exit_code from BTF"))
         } else {
-            Err(anyhow!(
-                "needs sched:sched_process_exit and task_struct.exit_code from BTF"
-            ))
+            let classic = if self.info.exit_format.is_none() {
+                Err(no_tracefs_format(self.info, "sched:sched_process_exit"))
+            } else if cfg.tp_exit_group_dead == absent && cfg.signal_live == absent {
+                Err("needs sched_process_exit's group_dead or signal_struct.live from BTF".to_owned())
+            } else {
+                Ok(())
+            };
+            self.hooks(
+                &[Hook::new(
+                    "process_exit_btf",
+                    "process_exit",
+                    "sched",
+                    "sched_process_exit",
+                )],
+                classic,
+            )
         };
-        r.map(|()| Attach::Tracepoint)
-            .map_err(|e| log::warn!("exit records and kill verdicts are off: {}", short(&e)))
-            .ok()
+        self.optional(
+            r,
+            FeatureName::ExitVerdicts,
+            "exit records and kill verdicts are off",
+        )
     }
 
     /// 5. Classic tracepoints name a task by its thread id only: map threads to processes.
@@ -417,20 +485,69 @@ impl Attacher<'_> {
 
     /// 6. The OOM reaper's progress (optional).
     fn reaper(&mut self) -> Option<Attach> {
-        if self.info.cfg.tp_reap_pid == oomtrace_common::ABSENT {
-            return None;
+        let classic = if self.info.cfg.tp_reap_pid != oomtrace_common::ABSENT {
+            Ok(())
+        } else {
+            Err(no_tracefs_format(self.info, "oom:*_reaping"))
+        };
+        let r = self.hooks(
+            &[
+                Hook::new("wake_reaper_btf", "wake_reaper", "oom", "wake_reaper"),
+                Hook::new(
+                    "start_task_reaping_btf",
+                    "start_task_reaping",
+                    "oom",
+                    "start_task_reaping",
+                ),
+                Hook::new(
+                    "finish_task_reaping_btf",
+                    "finish_task_reaping",
+                    "oom",
+                    "finish_task_reaping",
+                ),
+                Hook::new(
+                    "skip_task_reaping_btf",
+                    "skip_task_reaping",
+                    "oom",
+                    "skip_task_reaping",
+                ),
+            ],
+            classic,
+        );
+        self.optional(r, FeatureName::OomReaper, "oom_reap records are off")
+    }
+}
+
+/// One tracepoint and its two programs: tp_btf and classic.
+struct Hook {
+    btf_prog: &'static str,
+    classic_prog: &'static str,
+    category: &'static str,
+    name: &'static str,
+}
+
+impl Hook {
+    const fn new(
+        btf_prog: &'static str,
+        classic_prog: &'static str,
+        category: &'static str,
+        name: &'static str,
+    ) -> Self {
+        Self {
+            btf_prog,
+            classic_prog,
+            category,
+            name,
         }
-        [
-            "wake_reaper",
-            "start_task_reaping",
-            "finish_task_reaping",
-            "skip_task_reaping",
-        ]
-        .into_iter()
-        .try_for_each(|name| attach_tracepoint(&mut self.ebpf, name, "oom", name))
-        .map(|()| Attach::Tracepoint)
-        .map_err(|e| log::warn!("oom_reap records are off: {}", short(&e)))
-        .ok()
+    }
+}
+
+/// Why a classic tracepoint's format is missing.
+fn no_tracefs_format(info: &KernelInfo, what: &str) -> String {
+    if info.tracefs.is_none() {
+        format!("{what}: tracefs is not mounted and oomtrace could not mount it privately")
+    } else {
+        format!("no {what} in tracefs")
     }
 }
 

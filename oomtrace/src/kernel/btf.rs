@@ -266,6 +266,23 @@ impl Btf {
         None
     }
 
+    /// How many arguments the tracepoint `name` hands a tp_btf program: the parameters of its
+    /// `btf_trace_<name>` typedef (a pointer to a function whose first parameter is the
+    /// tracepoint's private data, not an argument; include/linux/tracepoint.h, v6.18).
+    pub fn tracepoint_args(&self, name: &str) -> Option<usize> {
+        let want = format!("btf_trace_{name}");
+        let i = self
+            .types
+            .iter()
+            .position(|t| t.kind() == KIND_TYPEDEF && self.str(t.name_off) == want)?;
+        let (_, ptr) = self.resolve(i as u32 + 1)?;
+        if ptr.kind() != KIND_PTR {
+            return None;
+        }
+        let (_, proto) = self.resolve(ptr.size_or_type)?;
+        (proto.kind() == KIND_FUNC_PROTO).then(|| proto.vlen().saturating_sub(1))
+    }
+
     /// Type id of the struct (or union) `name`.
     pub fn struct_id(&self, name: &str) -> Option<u32> {
         self.by_name.get(name)?.first().copied()
@@ -521,5 +538,9 @@ pub(crate) mod tests {
         let pid = btf.member("task_struct", "pid").expect("task_struct.pid");
         assert!(pid.offset > 0);
         assert!(btf.enum_value("MM_ANONPAGES").is_some());
+        // TP_PROTO(struct task_struct *task, uid_t uid), include/trace/events/oom.h.
+        assert_eq!(btf.tracepoint_args("mark_victim"), Some(2));
+        assert_eq!(btf.tracepoint_args("wake_reaper"), Some(1));
+        assert_eq!(btf.tracepoint_args("no_such_tracepoint"), None);
     }
 }

@@ -75,6 +75,10 @@ pub fn from_btf(btf: &Btf, cfg: &mut Config) -> Vec<String> {
         .map_or(ABSENT, |m| m.offset);
     // Whodunit: kernel/exit.c, include/linux/fs.h, include/linux/dcache.h, include/linux/signal_types.h (v6.18)
     cfg.task_exit_code = off(btf, "task_struct", "exit_code", m);
+    // sched_process_exit gained `bool group_dead` in 6.16 (include/trace/events/sched.h).
+    if btf.tracepoint_args("sched_process_exit") == Some(2) {
+        cfg.btf_exit_group_dead = 1;
+    }
     cfg.task_group_leader = off(btf, "task_struct", "group_leader", m);
     // Named real_start_time before 5.5 (cf7d8a7e2b35); only the boot-time clock matches our timestamps.
     cfg.task_start_boottime = off(btf, "task_struct", "start_boottime", m);

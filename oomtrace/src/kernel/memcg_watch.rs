@@ -347,6 +347,15 @@ impl Watcher {
     }
 }
 
+/// The notifications a watcher of `h` reads.
+pub fn source(h: &Hierarchy) -> MemcgOomSource {
+    if h.version == 1 {
+        MemcgOomSource::CgroupV1OomControl
+    } else {
+        MemcgOomSource::CgroupV2MemoryEvents
+    }
+}
+
 /// Starts watching the memory hierarchy on a thread of its own. `deliver` takes each notification
 /// and returns false once nobody takes them any more (the watcher then ends).
 pub fn spawn(h: Hierarchy, deliver: impl FnMut(MemcgOom) -> bool + Send + 'static) -> Result<()> {

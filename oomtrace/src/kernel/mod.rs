@@ -8,6 +8,7 @@ pub mod btf;
 pub mod caps;
 pub mod cgroup;
 pub mod clock;
+pub mod features;
 pub mod gfp;
 pub mod ksyms;
 pub mod layout;

@@ -94,6 +94,66 @@ pub fn root() -> Option<PathBuf> {
         .find(|p| p.join("events").is_dir())
 }
 
+/// Where tracefs goes when oomtrace mounts it itself.
+const MOUNT_POINT: &str = "/sys/kernel/tracing";
+
+/// How tracefs came to be readable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mounted {
+    /// It already was (by the system).
+    Already,
+    /// oomtrace mounted it in a private mount namespace of its own: nothing is left behind in
+    /// the host's namespace, and the mount goes away with the process.
+    Private,
+}
+
+/// Makes tracefs readable for this process: classic tracepoints (kernels without BTF, `--attach
+/// tracepoint`, hooks tp_btf cannot reach) need its `format` and `id` files, and a fresh machine
+/// or a container does not mount it. Mounting it where the host would see it would change the
+/// machine, so the mount happens in a new mount namespace whose mounts do not propagate
+/// (unshare(CLONE_NEWNS) + MS_REC|MS_PRIVATE on /). Needs CAP_SYS_ADMIN, and must run while the
+/// process is single-threaded (unshare(2): CLONE_NEWNS implies CLONE_FS, which fails in a
+/// process whose threads share their fs_struct).
+pub fn ensure_mounted() -> Result<Mounted> {
+    if root().is_some() {
+        return Ok(Mounted::Already);
+    }
+    // SAFETY: plain syscalls with valid, NUL-terminated arguments.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            bail!("unshare(CLONE_NEWNS): {}", std::io::Error::last_os_error());
+        }
+        let none = std::ptr::null();
+        if libc::mount(
+            none,
+            c"/".as_ptr(),
+            none,
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ) != 0
+        {
+            bail!(
+                "making / private in the new mount namespace: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        if libc::mount(
+            c"tracefs".as_ptr(),
+            c"/sys/kernel/tracing".as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        ) != 0
+        {
+            bail!(
+                "mount -t tracefs tracefs {MOUNT_POINT}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(Mounted::Private)
+}
+
 pub fn read_format(root: &Path, category: &str, name: &str) -> Result<Format> {
     let path = root.join("events").join(category).join(name).join("format");
     let text =
