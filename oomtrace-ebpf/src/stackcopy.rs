@@ -152,6 +152,9 @@ pub fn copy_stack(ts_boot_ns: u64) -> bool {
 /// numpy's among them) before a possible OOM takes the process away.
 #[inline(always)]
 pub fn note_reclaim() {
+    if scfg!(copy_stack) == 0 {
+        return;
+    }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_boot_ns() };

@@ -29,11 +29,12 @@ use std::{
 
 use memmap2::Mmap;
 use object::{Object, ObjectSection, ObjectSegment, SegmentFlags};
+use oomtrace_common::{ProcSeen, seen_reason};
 
 /// The kernel's build-id field, zero-padded for shorter ids.
 pub const KERNEL_BUILD_ID_LEN: usize = oomtrace_common::build_id::LEN;
 /// Files held open (each costs a descriptor and, once unwound or named, its parsed tables).
-const MAX_FILES: usize = 1024;
+const MAX_FILES: usize = 512;
 /// Processes whose mappings are remembered; the oldest snapshot goes first.
 const MAX_PROCS: usize = 4096;
 /// Snapshot requests waiting for the snapshot thread; more are dropped (and counted).
@@ -306,6 +307,13 @@ impl ModuleCache {
             ));
         }
         mappings.sort_by_key(|m| m.start);
+        // A scan (no mm) of a process the kernel named before keeps that mm: if it exec'd since,
+        // the snapshot then matches neither image, which costs names, never makes them wrong.
+        let mm = mm.or_else(|| {
+            let inner = self.lock();
+            let old = inner.procs.get(&tgid)?;
+            (old.start_ticks == started).then_some(old.mm).flatten()
+        });
         let pm = Arc::new(ProcMaps {
             tgid,
             mm,
@@ -365,16 +373,6 @@ impl ModuleCache {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Snapshots every running process (at start). Returns how many were taken.
-    pub fn snapshot_all(&self) -> usize {
-        let Ok(dir) = fs::read_dir("/proc") else { return 0 };
-        let me = std::process::id();
-        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|&pid| pid != me)
-            .filter(|&pid| self.snapshot(pid, None).is_ok())
-            .count()
     }
 
     /// The last snapshot of `tgid`.
@@ -458,35 +456,45 @@ pub fn kernel_key(id: &[u8]) -> Option<[u8; KERNEL_BUILD_ID_LEN]> {
 
 /// Takes snapshots on a thread of its own; requests never wait.
 pub struct Snapshotter {
-    tx: mpsc::SyncSender<(u32, Option<u64>)>,
+    tx: mpsc::SyncSender<Request>,
     cache: Arc<ModuleCache>,
 }
 
+/// One snapshot asked for: the process, its `mm`, and whether it just exec'd (its libraries are
+/// still being mapped by the dynamic loader: it is snapshotted again a little later).
+#[derive(Clone, Copy, Debug)]
+struct Request {
+    tgid: u32,
+    mm: u64,
+    exec: bool,
+}
+
+/// When a process that just exec'd is snapshotted again: ld.so has mapped its libraries by then.
+const AFTER_EXEC: std::time::Duration = std::time::Duration::from_millis(20);
+
 impl Snapshotter {
-    /// Starts the thread; it first snapshots every running process when `scan_all`.
+    /// Starts the thread. With `scan_all` it also snapshots every running process, between
+    /// requests (a request, a process about to OOM, goes first).
     pub fn spawn(cache: Arc<ModuleCache>, scan_all: bool) -> io::Result<Self> {
-        let (tx, rx) = mpsc::sync_channel::<(u32, Option<u64>)>(MAX_PENDING);
+        raise_nofile_limit();
+        let (tx, rx) = mpsc::sync_channel::<Request>(MAX_PENDING);
         let c = cache.clone();
         thread::Builder::new()
             .name("oomtrace-snapshot".into())
-            .spawn(move || {
-                if scan_all {
-                    let t = std::time::Instant::now();
-                    let n = c.snapshot_all();
-                    log::debug!("snapshotted {n} processes in {:?}", t.elapsed());
-                }
-                for (tgid, mm) in rx {
-                    if let Err(e) = c.snapshot(tgid, mm) {
-                        log::debug!("snapshot of {tgid}: {e}");
-                    }
-                }
-            })?;
+            .spawn(move || snapshot_loop(&c, &rx, scan_all))?;
         Ok(Self { tx, cache })
     }
 
+    /// The kernel asks for a snapshot (a `ProcSeen` record). Cheap and never blocking: the event
+    /// loop calls it for each such record it takes from the ring buffer, so the request does not
+    /// wait behind the pipeline's work — the process may be OOM-killed within milliseconds.
+    pub fn request_seen(&self, seen: &ProcSeen) {
+        self.request(seen.tgid, seen.mm, seen.reason == seen_reason::EXEC);
+    }
+
     /// Asks for a snapshot of `tgid` (dropped, and counted, when the thread is behind).
-    pub fn request(&self, tgid: u32, mm: u64) {
-        if self.tx.try_send((tgid, Some(mm))).is_err() {
+    pub fn request(&self, tgid: u32, mm: u64, exec: bool) {
+        if self.tx.try_send(Request { tgid, mm, exec }).is_err() {
             self.cache
                 .stats
                 .lock()
@@ -497,6 +505,79 @@ impl Snapshotter {
 
     pub fn cache(&self) -> &Arc<ModuleCache> {
         &self.cache
+    }
+}
+
+fn snapshot_loop(c: &ModuleCache, rx: &mpsc::Receiver<Request>, scan_all: bool) {
+    use std::time::Instant;
+    let mut scan: Vec<u32> = if scan_all {
+        let me = std::process::id();
+        fs::read_dir("/proc")
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                    .filter(|&p| p != me)
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let started = Instant::now();
+    let mut again: VecDeque<(Instant, Request)> = VecDeque::new();
+    let take = |r: Request| {
+        if let Err(e) = c.snapshot(r.tgid, Some(r.mm)) {
+            log::debug!("snapshot of {}: {e}", r.tgid);
+        }
+    };
+    loop {
+        // Requests first, then due re-snapshots, then one process of the start-up scan.
+        let wait = match (scan.is_empty(), again.front()) {
+            (false, _) => std::time::Duration::ZERO,
+            (true, Some((due, _))) => due.saturating_duration_since(Instant::now()),
+            (true, None) => std::time::Duration::from_secs(3600),
+        };
+        match rx.recv_timeout(wait) {
+            Ok(r) => {
+                take(r);
+                if r.exec && again.len() < MAX_PENDING {
+                    again.push_back((Instant::now() + AFTER_EXEC, r));
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if let Some(&(due, r)) = again.front()
+            && due <= Instant::now()
+        {
+            again.pop_front();
+            take(r);
+            continue;
+        }
+        if let Some(pid) = scan.pop() {
+            let _ = c.snapshot(pid, None);
+            if scan.is_empty() {
+                log::debug!(
+                    "start-up snapshot of running processes took {:?}",
+                    started.elapsed()
+                );
+            }
+        }
+    }
+}
+
+/// The held files need descriptors: raise the soft RLIMIT_NOFILE to the hard limit (often 1024
+/// soft, far more hard), as long-running tracers do.
+fn raise_nofile_limit() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: r is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0 && r.rlim_cur < r.rlim_max {
+        r.rlim_cur = r.rlim_max;
+        // SAFETY: as above; raising the soft limit up to the hard one needs no privilege.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) };
     }
 }
 

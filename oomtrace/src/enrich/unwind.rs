@@ -252,13 +252,20 @@ pub(crate) mod tests {
                     None => format!("{f:#x} ?"),
                 })
                 .collect();
-            format!("sp {:#x} bp {:#x} len {} end {:?}: {frames:#?}", copy.hdr.sp, copy.hdr.bp, copy.hdr.len, u.end)
+            format!(
+                "sp {:#x} bp {:#x} len {} end {:?}: {frames:#?}",
+                copy.hdr.sp, copy.hdr.bp, copy.hdr.len, u.end
+            )
         };
         assert!(u.frames.len() >= 5, "{}", explain());
         assert_eq!(u.frames[0], copy.hdr.ip);
         // Every frame is in a mapped file of ours (test binary, libc), none is garbage.
         for f in &u.frames {
-            assert!(maps.find(*f).is_some(), "{f:#x} outside any mapping: {}", explain());
+            assert!(
+                maps.find(*f).is_some(),
+                "{f:#x} outside any mapping: {}",
+                explain()
+            );
         }
     }
 

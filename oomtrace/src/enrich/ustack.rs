@@ -34,7 +34,7 @@
 //! its names are used only when its build id equals the one the kernel captured for the frame.
 
 use std::cell::OnceCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -46,11 +46,12 @@ use blazesym::symbolize::source::{Elf, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer};
 use blazesym::{ErrorKind, Pid};
 use oomtrace_common::{
-    BuildIdFrame, USTACK_BUILD_ID_DEPTH, USTACK_DEPTH,
+    BuildIdFrame, OomKill, USTACK_BUILD_ID_DEPTH, USTACK_DEPTH,
     build_id::{IP as BUILD_ID_IP, VALID as BUILD_ID_VALID},
+    flags,
 };
 
-use super::buildid::{FileId, KERNEL_BUILD_ID_LEN, ModuleCache, ProcMaps, kernel_key};
+use super::buildid::{FileId, KERNEL_BUILD_ID_LEN, ModuleCache, ProcMaps, Snapshotter, kernel_key};
 use super::unwind::{self, End, StackCopyRec};
 use crate::event::{self, UnwinderKind, UserFrame, UserStack};
 
@@ -133,7 +134,15 @@ pub struct UserSymbolizer {
     by_build_id: HashMap<[u8; KERNEL_BUILD_ID_LEN], usize>,
     /// Files and mappings of processes seen alive (snapshots), for stacks of processes now gone.
     cache: Option<Arc<ModuleCache>>,
+    /// The snapshot thread, kept alive for as long as this symbolizer names stacks from it.
+    snapshots: Option<Arc<Snapshotter>>,
+    /// Stack copies waiting for their `oom_kill` record (which follows each at once).
+    copies: VecDeque<StackCopyRec>,
 }
+
+/// Stack copies kept waiting for their `oom_kill` record: it comes right after its copy, so more
+/// than a few waiting means their records were lost.
+const MAX_WAITING_COPIES: usize = 8;
 
 impl Default for UserSymbolizer {
     fn default() -> Self {
@@ -151,7 +160,51 @@ impl UserSymbolizer {
             by_file: HashMap::new(),
             by_build_id: HashMap::new(),
             cache: None,
+            snapshots: None,
+            copies: VecDeque::new(),
         }
+    }
+
+    /// The tracer's symbolizer: names stacks from the module cache that `snapshots` fills (every
+    /// running process at start, then each one the kernel names at exec and memcg reclaim).
+    pub fn for_tracer(snapshots: Arc<Snapshotter>) -> Self {
+        let mut s = Self::new().with_cache(snapshots.cache().clone());
+        s.snapshots = Some(snapshots);
+        s
+    }
+
+    /// A stack copy, for the `oom_kill` record that follows it.
+    pub fn note_copy(&mut self, copy: StackCopyRec) {
+        if self.copies.len() >= MAX_WAITING_COPIES {
+            self.copies.pop_front();
+        }
+        self.copies.push_back(copy);
+    }
+
+    /// The trigger's user stack of one `oom_kill` record: its stack copy (sent just before it, same
+    /// timestamp and trigger thread) unwound with DWARF, cross-checked with the kernel's
+    /// frame-pointer walk; the frame-pointer walk alone without a copy.
+    pub fn symbolize_record(&mut self, rec: &OomKill) -> Option<UserStack> {
+        let (tid, ts) = (rec.trigger.tid, rec.ts_boot_ns);
+        let copy = self
+            .copies
+            .iter()
+            .position(|c| c.hdr.trigger_tid == tid && c.hdr.ts_boot_ns == ts)
+            .and_then(|i| {
+                // Older copies lost their records; they will not be asked for.
+                self.copies.drain(..i);
+                self.copies.pop_front()
+            });
+        let lost = copy.is_none() && rec.flags & flags::STACK_COPY != 0;
+        self.symbolize_copy(
+            rec.trigger.tgid,
+            rec.ustack_bytes,
+            &rec.ustack,
+            rec.ubuild_bytes,
+            &rec.ubuild,
+            copy.as_ref(),
+            lost,
+        )
     }
 
     /// Also names frames from the files and mappings `cache` keeps of processes seen alive.
@@ -188,9 +241,11 @@ impl UserSymbolizer {
             return None;
         }
         if self.modules.len() >= MAX_MODULES {
-            let cache = self.cache.take();
-            *self = Self::new();
-            self.cache = cache;
+            // Only this symbolizer's own tables; the snapshot cache bounds itself.
+            self.modules.clear();
+            self.by_file.clear();
+            self.by_build_id.clear();
+            self.symbolizer = new_symbolizer();
         }
         let ips = captured(ustack_bytes, 8, ips);
         let mut kframes = captured(ubuild_bytes, 32, build);
@@ -253,7 +308,8 @@ impl UserSymbolizer {
             symbolized,
             note: (!notes.is_empty()).then(|| notes.join("; ")),
             unwinder: UnwinderKind::FramePointer,
-            frame_pointer_agrees: None,
+            frame_pointer_depth: None,
+            frame_pointer_common_frames: None,
         })
     }
 
@@ -343,21 +399,18 @@ impl UserSymbolizer {
             ));
         }
         // Names, one batch per file, through the descriptors the cache holds.
-        for (fi, f) in files.iter().enumerate() {
-            let Ok(m) = self.open_module(&f.fd_path, f.path.clone()) else {
-                continue;
-            };
-            for w in work.iter_mut() {
-                if let Some((i, off)) = w.lookup
-                    && i == fi
-                {
-                    w.lookup = Some((m, off));
-                }
-            }
+        let module_of: Vec<Option<usize>> = files
+            .iter()
+            .map(|f| self.open_module(&f.fd_path, f.path.clone()).ok())
+            .collect();
+        for w in work.iter_mut() {
+            w.lookup = w
+                .lookup
+                .and_then(|(fi, off)| module_of.get(fi).copied().flatten().map(|m| (m, off)));
         }
         self.name_frames(&mut work, &mut notes);
-        let frame_pointer_agrees = (!fp_ips.is_empty())
-            .then(|| fp_ips.iter().zip(&u.frames).all(|(a, b)| a == b) && fp_ips.len() <= u.frames.len());
+        let fp_depth = (!fp_ips.is_empty()).then_some(fp_ips.len());
+        let common = fp_depth.map(|_| fp_ips.iter().zip(&u.frames).take_while(|(a, b)| a == b).count());
         let truncated = u.end == End::Depth
             || (u.end == End::OutOfCopy && copy.hdr.status & oomtrace_common::stack_status::CAPPED != 0);
         Some(UserStack {
@@ -367,7 +420,8 @@ impl UserSymbolizer {
             symbolized,
             note: (!notes.is_empty()).then(|| notes.join("; ")),
             unwinder: UnwinderKind::Dwarf,
-            frame_pointer_agrees,
+            frame_pointer_depth: fp_depth,
+            frame_pointer_common_frames: common,
         })
     }
 
@@ -1172,7 +1226,10 @@ mod tests {
             f.file.as_deref().unwrap().ends_with("unwind.rs") && f.line.is_some(),
             "{f:?}"
         );
-        assert_eq!(st.frame_pointer_agrees, None);
+        assert_eq!(
+            (st.frame_pointer_depth, st.frame_pointer_common_frames),
+            (None, None)
+        );
 
         // With the frame-pointer walk of the same stack (this binary keeps frame pointers): agrees.
         let ips: Vec<u64> = st
@@ -1184,7 +1241,8 @@ mod tests {
         let st2 = s
             .symbolize_copy(dead, bytes(ips.len()), &ips, 0, &[], Some(&copy), false)
             .unwrap();
-        assert_eq!(st2.frame_pointer_agrees, Some(true), "{st2:?}");
+        assert_eq!(st2.frame_pointer_depth, Some(ips.len()), "{st2:?}");
+        assert_eq!(st2.frame_pointer_common_frames, Some(ips.len()), "{st2:?}");
         assert_eq!(st2.frames, st.frames);
 
         // Another image of the process (a different mm): the snapshot is not used, and the

@@ -157,9 +157,11 @@ pub struct UserStack {
     /// Which walk produced `frames`: `dwarf` (the kernel's copy of the stack unwound with the
     /// modules' call frame information) or `frame_pointer` (the kernel's own walk).
     pub unwinder: UnwinderKind,
-    /// With a `dwarf` stack: whether the kernel's frame-pointer walk found the same frames (as far
-    /// as it went). Null when there was no frame-pointer walk to compare with.
-    pub frame_pointer_agrees: Option<bool>,
+    /// With a `dwarf` stack: how many frames the kernel's frame-pointer walk captured, and how
+    /// many of the innermost ones both walks have in common (the cross-check). Null with a
+    /// `frame_pointer` stack, or when that walk captured nothing.
+    pub frame_pointer_depth: Option<usize>,
+    pub frame_pointer_common_frames: Option<usize>,
 }
 
 /// One user frame.
