@@ -40,6 +40,9 @@ apt_ensure "for the VM tests" --no-install-recommends "${VM_APT_PKGS[@]}"
 # clang, libbpf-dev and bpftool to build the C floor against the running kernel's BTF.
 BENCH_APT_PKGS=(bpftrace clang libbpf-dev bpftool)
 apt_ensure "for the benchmark" "${BENCH_APT_PKGS[@]}"
+# The tests' real counterparts: Debian's logrotate drives --output rotation (tests/tests/logrotate.rs).
+TEST_APT_PKGS=(logrotate)
+apt_ensure "for the tests" "${TEST_APT_PKGS[@]}"
 
 if ! command -v rustup >/dev/null 2>&1; then
   say "rustup not found: install it from your distribution (Debian: apt-get install rustup) and re-run"

@@ -143,6 +143,8 @@ pub async fn run(opts: Options) -> Result<()> {
     // the `start` record, not a kill.
     let mut sigint = signal(SignalKind::interrupt()).context("failed to install SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("failed to install SIGTERM handler")?;
+    // SIGHUP (logrotate's postrotate) reopens --output; it never stops the run.
+    let mut sighup = signal(SignalKind::hangup()).context("failed to install SIGHUP handler")?;
     let (sink, mut writer) = Sink::open(
         opts.format,
         opts.output.as_deref(),
@@ -267,6 +269,7 @@ pub async fn run(opts: Options) -> Result<()> {
             _ = tick.tick() => tx.send(Input::Tick { ring_lost: loader::ring_drops(&drops) }, 0),
             () = writer.resume.notified() => tx.send(Input::Tick { ring_lost: loader::ring_drops(&drops) }, 0),
             r = &mut writer.done => break Some(r.unwrap_or_else(|_| Err(writer_died()))),
+            _ = sighup.recv() => writer.reopen(),
             _ = sigint.recv() => break None,
             _ = sigterm.recv() => break None,
         }

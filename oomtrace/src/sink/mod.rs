@@ -111,6 +111,8 @@ struct QueueState {
     dead: bool,
     /// The event loop waits for `resume`.
     want_resume: bool,
+    /// SIGHUP: reopen the output file before the next write (log rotation moved it).
+    reopen: bool,
 }
 
 impl Queue {
@@ -127,6 +129,16 @@ pub struct Writer {
     pub done: oneshot::Receiver<Result<(), WriteError>>,
     /// Notified when a full queue has drained enough to take records again.
     pub resume: Arc<Notify>,
+    queue: Arc<Queue>,
+}
+
+impl Writer {
+    /// Asks the writer thread to reopen the output file (after log rotation moved it) between
+    /// two writes: no line is lost or written twice, and `seq` runs on in the new file.
+    pub fn reopen(&self) {
+        self.queue.lock().reopen = true;
+        self.queue.ready.notify_one();
+    }
 }
 
 /// The event loop's half of the output: numbers, serializes and queues lines; a thread writes
@@ -206,16 +218,36 @@ impl Sink {
     pub fn open(format: Format, path: Option<&Path>, host: String, clock: Clock) -> Result<(Self, Writer)> {
         let file = open_output(path)?;
         let target = path.map_or("stdout".to_owned(), |p| p.display().to_string());
-        Self::new(format, Box::new(Blocking(file)), target, host, clock)
+        let reopen: Option<Reopen> = path.map(|p| {
+            let p = p.to_owned();
+            Box::new(move || -> io::Result<Box<dyn Write + Send>> {
+                Ok(Box::new(Blocking(
+                    OpenOptions::new().create(true).append(true).open(&p)?,
+                )))
+            }) as Reopen
+        });
+        Self::with_reopen(format, Box::new(Blocking(file)), target, host, clock, reopen)
     }
 
     /// A sink writing to `out`; `target` names it in error messages.
     pub fn new(
         format: Format,
+        out: Box<dyn Write + Send>,
+        target: String,
+        host: String,
+        clock: Clock,
+    ) -> Result<(Self, Writer)> {
+        Self::with_reopen(format, out, target, host, clock, None)
+    }
+
+    /// The same, with a way to open the output again (a file under log rotation).
+    pub fn with_reopen(
+        format: Format,
         mut out: Box<dyn Write + Send>,
         target: String,
         host: String,
         clock: Clock,
+        mut reopen: Option<Reopen>,
     ) -> Result<(Self, Writer)> {
         let resume = Arc::new(Notify::new());
         let queue = Arc::new(Queue {
@@ -228,7 +260,7 @@ impl Sink {
         thread::Builder::new()
             .name("oomtrace-writer".into())
             .spawn(move || {
-                let r = write_lines(&q, &mut out).map_err(|e| classify(e, &target));
+                let r = write_lines(&q, &mut out, &mut reopen, &target).map_err(|e| classify(e, &target));
                 {
                     let mut s = q.lock();
                     s.dead = true;
@@ -238,6 +270,11 @@ impl Sink {
                 let _ = tx.send(r);
             })
             .context("failed to start the writer thread")?;
+        let writer = Writer {
+            done,
+            resume,
+            queue: queue.clone(),
+        };
         let sink = Self {
             queue,
             format,
@@ -250,7 +287,7 @@ impl Sink {
             dropped_total: 0,
             filled: false,
         };
-        Ok((sink, Writer { done, resume }))
+        Ok((sink, writer))
     }
 
     /// Measures the boot-time -> wall-clock offset again (after an NTP step, say).
@@ -431,13 +468,39 @@ fn push(q: &Queue, mut s: MutexGuard<'_, QueueState>, line: Box<[u8]>) {
 
 /// The writer thread: takes lines off the queue in batches and writes them, until the queue is
 /// closed and empty or a write fails.
-fn write_lines(q: &Queue, out: &mut impl Write) -> io::Result<()> {
+/// Opens the output again, for SIGHUP.
+pub type Reopen = Box<dyn FnMut() -> io::Result<Box<dyn Write + Send>> + Send>;
+
+fn write_lines(
+    q: &Queue,
+    out: &mut Box<dyn Write + Send>,
+    reopen: &mut Option<Reopen>,
+    target: &str,
+) -> io::Result<()> {
     let mut batch = Vec::with_capacity(WRITE_BATCH_BYTES);
     loop {
         let (lines, bytes) = {
             let mut s = q.lock();
-            while s.lines.is_empty() && !s.closed {
+            while s.lines.is_empty() && !s.closed && !s.reopen {
                 s = q.ready.wait(s).unwrap_or_else(|p| p.into_inner());
+            }
+            if std::mem::take(&mut s.reopen) {
+                // Between two writes: every line so far went to the old file, every later one
+                // goes to the new.
+                drop(s);
+                match reopen.as_mut() {
+                    Some(open) => match open() {
+                        Ok(new) => {
+                            *out = new;
+                            log::info!("SIGHUP: reopened {target}");
+                        }
+                        Err(e) => log::error!(
+                            "SIGHUP: failed to reopen {target} ({e}): still writing to the old file"
+                        ),
+                    },
+                    None => log::info!("SIGHUP: the output is {target}, nothing to reopen"),
+                }
+                continue;
             }
             if s.lines.is_empty() {
                 return Ok(());
