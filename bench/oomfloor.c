@@ -3,7 +3,7 @@
  * oomfloor: the cost floor for `cargo xtask bench`. Loads oomfloor.bpf.c with libbpf, attaches
  * one program to oom:mark_victim and prints one line per OOM victim:
  *
- *   oomfloor [--attach tp_btf|tracepoint] [--variant plain|nowake|kstack|memcg|stacks]
+ *   oomfloor [--attach tp_btf|tracepoint] [--variant plain|nowake|kstack|memcg|stacks|like]
  *
  *   start <boot_ns>                          once the program is attached
  *   kill <boot_ns> <tid> <tgid> <comm>       per victim; boot_ns is the kernel's, at mark_victim
@@ -11,7 +11,9 @@
  * --variant nowake submits without waking this reader, which polls the ring buffer every 10 ms
  * instead: the wakeup's price. kstack, memcg and stacks (all without the wakeup) add what oomtrace
  * captures, part by part: the trigger's kernel stack; that and the trigger's memory-cgroup
- * ancestry with its page counters; the kernel, user and user build-id stacks.
+ * ancestry with its page counters; the kernel, user and user build-id stacks. like is the
+ * like-for-like floor: what oomtrace captures at mark_victim (kernel stack, one user stack, the
+ * memcg walk) in one record, waking this reader as plain does.
  * The variants need --attach tp_btf. Lines are flushed one by one. Stops on SIGINT/SIGTERM.
  * Exit codes: 0 clean stop, 1 failure (libbpf says why on stderr), 2 usage.
  *
@@ -74,7 +76,7 @@ static int on_event(void *ctx, void *data, size_t len)
 static int usage(const char *argv0)
 {
 	fprintf(stderr,
-		"usage: %s [--attach tp_btf|tracepoint] [--variant plain|nowake|kstack|memcg|stacks]\n",
+		"usage: %s [--attach tp_btf|tracepoint] [--variant plain|nowake|kstack|memcg|stacks|like]\n",
 		argv0);
 	return 2;
 }
@@ -112,9 +114,10 @@ int main(int argc, char **argv)
 	if (strcmp(mode, "tp_btf") && strcmp(mode, "tracepoint"))
 		return usage(argv[0]);
 	if (strcmp(variant, "plain") && strcmp(variant, "kstack") && strcmp(variant, "stacks") &&
-	    strcmp(variant, "nowake") && strcmp(variant, "memcg"))
+	    strcmp(variant, "nowake") && strcmp(variant, "memcg") && strcmp(variant, "like"))
 		return usage(argv[0]);
-	nowake = strcmp(variant, "plain") != 0;
+	/* plain and like wake this reader; the others submit without a wakeup. */
+	nowake = strcmp(variant, "plain") && strcmp(variant, "like");
 	if (strcmp(variant, "plain") && strcmp(mode, "tp_btf")) {
 		fprintf(stderr, "oomfloor: error: --variant %s needs --attach tp_btf\n", variant);
 		return 2;
@@ -139,6 +142,9 @@ int main(int argc, char **argv)
 	} else if (!strcmp(variant, "memcg")) {
 		prog = skel->progs.floor_memcg;
 		link = &skel->links.floor_memcg;
+	} else if (!strcmp(variant, "like")) {
+		prog = skel->progs.floor_like;
+		link = &skel->links.floor_like;
 	} else if (!strcmp(variant, "nowake")) {
 		prog = skel->progs.floor_nowake;
 		link = &skel->links.floor_nowake;
@@ -152,6 +158,7 @@ int main(int argc, char **argv)
 	bpf_program__set_autoload(skel->progs.floor_stacks, prog == skel->progs.floor_stacks);
 	bpf_program__set_autoload(skel->progs.floor_nowake, prog == skel->progs.floor_nowake);
 	bpf_program__set_autoload(skel->progs.floor_memcg, prog == skel->progs.floor_memcg);
+	bpf_program__set_autoload(skel->progs.floor_like, prog == skel->progs.floor_like);
 	err = oomfloor_bpf__load(skel);
 	if (err) {
 		fprintf(stderr, "oomfloor: error: failed to load the BPF program: %s\n", strerror(-err));

@@ -25,6 +25,7 @@ enum floor_variant {
 	FLOOR_STACKS = 3,
 	FLOOR_NOWAKE = 4,
 	FLOOR_MEMCG = 5,
+	FLOOR_LIKE = 6,
 };
 
 struct floor_event {
@@ -46,7 +47,7 @@ struct floor_memcg_level {
 	__u64 swap_max;
 };
 
-/* What the kstack, memcg and stacks variants reserve: the plain record plus what oomtrace
+/* What the kstack, memcg, stacks and like variants reserve: the plain record plus what oomtrace
  * captures, about the size of oomtrace's own record (1.5 KiB; oomtrace's is 1.6 KiB). */
 struct floor_stack_event {
 	struct floor_event base;

@@ -7,13 +7,16 @@
 //! minimal C libbpf program on the same hooks (bench/oomfloor*.c: the floor for cost). One that
 //! cannot run here is listed with the reason.
 //!
-//! Each run has three phases:
-//! 1. every contender alone: exec → ready line, then idle RSS and CPU over `--idle-secs`;
-//! 2. every contender alone on the hook for a storm of `--solo-kills`: run_time_ns / run_cnt of
+//! Each run has four phases:
+//! 1. oomtrace's start-up, `--startups` times: exec → its `start` line, nothing else running;
+//! 2. every contender alone: exec → ready line, then idle RSS and CPU over `--idle-secs`;
+//! 3. every contender alone on the hook for a storm of `--solo-kills`: run_time_ns / run_cnt of
 //!    each of its eBPF programs (kernel.bpf_stats_enabled on for the storms only) without other
 //!    programs on the hook to warm or cool the caches, and its latency undisturbed; the floor's
-//!    variants and oomtrace with its reader stopped price each part of oomtrace's program;
-//! 3. each storm size of `--storms` with all contenders attached at once (fresh ones per storm):
+//!    variants and oomtrace with its reader stopped price each part of oomtrace's program. Each
+//!    storm has a fresh contender process that has never seen the hog: oomtrace's first kills
+//!    symbolize the hog's binary cold, and they are in the figures;
+//! 4. each storm size of `--storms` with all contenders attached at once (fresh ones per storm):
 //!    delivered with full detail vs the kernel's count, and kill (mark_victim) → line read, for
 //!    everyone on the same kills.
 //!
@@ -45,7 +48,7 @@ use self::{
 };
 use crate::{
     memcg::{BenchCgroup, Hierarchy},
-    sys,
+    stats, sys,
 };
 
 pub struct Options {
@@ -56,6 +59,13 @@ pub struct Options {
     pub solo_kills: u32,
     /// How long each contender idles alone.
     pub idle: Duration,
+    /// oomtrace start-ups per run (exec → `start` line).
+    pub startups: u32,
+    /// Run every floor variant and oomtrace with its reader stopped (the breakdown of where
+    /// oomtrace's mark_victim time goes); --quick leaves them out.
+    pub breakdown: bool,
+    /// The command line, for the report.
+    pub command: String,
     pub json: PathBuf,
 }
 
@@ -65,6 +75,13 @@ const HOG_STEP_KB: &str = "4096";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// From the ready line to the start of the idle window (start-up work is not idle time).
 const SETTLE: Duration = Duration::from_secs(2);
+/// From the last contender's ready line to the first kill of a storm. A tracer is started before
+/// the kills it is there for; what it warms right after its `start` line (kernel symbols, the C
+/// library's symbols) is warm by then. The hog's own binary is not: no process of a storm has
+/// seen it before, so the first kills pay for symbolizing it cold.
+pub const FIRST_KILL_GAP: Duration = Duration::from_secs(1);
+/// The first kills of a fresh contender process, reported on their own.
+pub const FIRST_KILLS: usize = 5;
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// bpftrace has taken over 10 s to exit on SIGINT on a busy machine.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -88,6 +105,15 @@ pub struct Alone {
     pub idle_cpu_pct: f64,
 }
 
+/// One oomtrace start-up, nothing else running.
+#[derive(Clone, Copy, Debug)]
+pub struct Startup {
+    /// exec → we read its `start` line.
+    pub read_ms: f64,
+    /// exec → the `start` record's own boot_ns.
+    pub own_ms: Option<f64>,
+}
+
 /// An eBPF program's run statistics over one storm.
 #[derive(Clone, Debug)]
 pub struct ProgRun {
@@ -108,8 +134,10 @@ pub struct Obs {
     /// kmsg: victims with a one-line `Killed process` message.
     pub oneline: u64,
     pub lost: u64,
-    /// Per victim: line read − mark_victim.
+    /// Per victim: line read − mark_victim, in the storm's order.
     pub latencies_ms: Vec<f64>,
+    /// The same for the storm's first FIRST_KILLS victims (None: not reported, or no kill time).
+    pub first_kills_ms: Vec<Option<f64>>,
     /// kmsg: record timestamp − mark_victim, per victim.
     pub kmsg_ts_minus_kill_ms: Vec<f64>,
     /// oomtrace: records short of full detail, by missing field.
@@ -147,6 +175,8 @@ impl Session {
 
 #[derive(Clone, Debug, Default)]
 pub struct Run {
+    /// oomtrace (auto) started `--startups` times.
+    pub startups: Vec<Result<Startup, String>>,
     pub alone: BTreeMap<String, Result<Alone, String>>,
     /// One storm per contender, alone on the hook.
     pub solo: Vec<Session>,
@@ -189,6 +219,7 @@ pub fn run(workspace: &Path, opts: &Options) -> Result<()> {
         .map_or_else(|| workspace.join("target").join("bench"), Path::to_owned);
     let bins = build::build(workspace, &out_dir)?;
     let build_seconds = t_total.elapsed().as_secs_f64();
+    let source = source_state(workspace);
 
     let _lock = sys::kill_lock()?;
     let t_bench = Instant::now();
@@ -205,7 +236,7 @@ pub fn run(workspace: &Path, opts: &Options) -> Result<()> {
     };
     let stats_before = kernel::bpf_stats_sysctl();
     let loadavg_before = fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let lineup = lineup(&ctx)?;
+    let lineup = lineup(&ctx, opts.breakdown)?;
     eprintln!(
         "bench: contenders: {}",
         lineup
@@ -223,7 +254,8 @@ pub fn run(workspace: &Path, opts: &Options) -> Result<()> {
     let solo_count = lineup.specs.len() as u64;
     let storm_kills: u64 = opts.storms.iter().map(|k| u64::from(*k)).sum();
     let estimate = u64::from(opts.runs)
-        * (alone_count * (opts.idle.as_secs() + 4)
+        * (u64::from(opts.startups) / 4
+            + alone_count * (opts.idle.as_secs() + 4)
             + solo_count * (u64::from(opts.solo_kills) / 100 + 2)
             + storm_kills / 80
             + 10 * opts.storms.len() as u64);
@@ -236,6 +268,27 @@ pub fn run(workspace: &Path, opts: &Options) -> Result<()> {
     let mut runs = Vec::new();
     for r in 0..opts.runs {
         let mut run = Run::default();
+        let auto = lineup.specs.iter().find(|s| s.plain_oomtrace);
+        for i in 0..opts.startups {
+            let Some(spec) = auto else { break };
+            let res = measure_startup(&ctx, spec, r, i).map_err(|e| format!("{e:#}"));
+            if let Err(e) = &res {
+                eprintln!("bench:   start-up {} failed: {e}", i + 1);
+            }
+            run.startups.push(res);
+        }
+        let ms: Vec<f64> = run.startups.iter().flatten().map(|s| s.read_ms).collect();
+        if let Some(st) = stats::Stats::new(ms.iter().copied()) {
+            eprintln!(
+                "bench: run {}/{}: oomtrace start-up, median of {}: {:.1} ms [{:.1}–{:.1}]",
+                r + 1,
+                opts.runs,
+                ms.len(),
+                st.median(),
+                st.min(),
+                st.max()
+            );
+        }
         for spec in lineup.specs.iter().filter(|s| s.alone) {
             eprintln!(
                 "bench: run {}/{}: {} alone ({} s idle)",
@@ -336,6 +389,9 @@ pub fn run(workspace: &Path, opts: &Options) -> Result<()> {
         build_seconds,
         bench_seconds: t_bench.elapsed().as_secs_f64(),
         others_cpu_pct,
+        startups: opts.startups,
+        command: opts.command.clone(),
+        source,
     };
     print!("{}", report.markdown());
     report::write_json(&opts.json, &report.to_json())
@@ -358,7 +414,7 @@ fn progress(s: &Session) {
 
 /// Starts each contender once: which run here, which mode oomtrace's auto picks, and why the
 /// others cannot run.
-fn lineup(ctx: &Ctx<'_>) -> Result<Lineup> {
+fn lineup(ctx: &Ctx<'_>, breakdown: bool) -> Result<Lineup> {
     let bins = ctx.bins;
     let probe = |spec: &Spec| {
         contender::probe(
@@ -440,22 +496,27 @@ fn lineup(ctx: &Ctx<'_>) -> Result<Lineup> {
         .next_power_of_two()
         .clamp(4 << 20, 1 << 30);
     let ring = ring.to_string();
-    for (id, label, extra) in [
-        (
-            "oomtrace-frozen",
-            format!("oomtrace ({auto_mode}), reader stopped"),
-            None,
-        ),
-        (
-            "oomtrace-no-user-stacks-frozen",
-            format!("oomtrace --no-user-stacks ({auto_mode}), reader stopped"),
-            Some("--no-user-stacks"),
-        ),
-    ] {
+    let frozen: &[_] = if breakdown {
+        &[
+            (
+                "oomtrace-frozen",
+                format!("oomtrace ({auto_mode}), reader stopped"),
+                None,
+            ),
+            (
+                "oomtrace-no-user-stacks-frozen",
+                format!("oomtrace --no-user-stacks ({auto_mode}), reader stopped"),
+                Some("--no-user-stacks"),
+            ),
+        ]
+    } else {
+        &[]
+    };
+    for (id, label, extra) in frozen {
         let mut args = vec!["run", "--ring-size", ring.as_str()];
-        args.extend(extra);
+        args.extend(*extra);
         let mut spec = oomtrace(id, &args, Hook::from_mode(&auto_mode), false);
-        spec.label = label;
+        spec.label = label.clone();
         spec.shared = false;
         spec.freeze = true;
         match probe(&spec) {
@@ -534,6 +595,20 @@ fn lineup(ctx: &Ctx<'_>) -> Result<Lineup> {
         Hook::Tracepoint,
         (false, true),
     );
+    // The like-for-like floor: what oomtrace captures at mark_victim (kernel stack, one user
+    // stack, the memcg walk), waking its reader. The target compares oomtrace's mark_victim with it.
+    other(
+        "floor-like",
+        "C floor, like for like: + kernel stack + user stack + memcg walk, waking (tp_btf)",
+        Family::Floor,
+        &bins.floor,
+        &floor("tp_btf", "like"),
+        Hook::TpBtf,
+        (false, false),
+    );
+    if !breakdown {
+        return Ok(lineup);
+    }
     // The floor plus oomtrace's captures, one at a time: where oomtrace's eBPF time goes.
     other(
         "floor-kstack",
@@ -572,6 +647,59 @@ fn lineup(ctx: &Ctx<'_>) -> Result<Lineup> {
         (false, false),
     );
     Ok(lineup)
+}
+
+/// One start-up: exec → the `start` line, then a stop.
+fn measure_startup(ctx: &Ctx<'_>, spec: &Spec, run: u32, i: u32) -> Result<Startup> {
+    let log = ctx.logs.join(format!("startup-{}-{run}-{i}.stderr", spec.id));
+    let mut w = Watch::spawn(spec, &log, ctx.mono_offset_ns)?;
+    let ready = w.wait_ready(START_TIMEOUT)?;
+    let spawned = w.spawned_ns();
+    stop_or_note(&mut w)?;
+    Ok(Startup {
+        read_ms: ms_between(spawned, ready.read_ns),
+        own_ms: ready.own_ns.map(|o| ms_between(spawned, o)),
+    })
+}
+
+/// The commit the binaries were built from, and the files of the built crates that differed
+/// from it (other engineers' work in progress in a shared tree).
+pub struct SourceState {
+    pub commit: Option<String>,
+    pub subject: Option<String>,
+    pub dirty: Vec<String>,
+}
+
+fn source_state(workspace: &Path) -> SourceState {
+    let git = |args: &[&str]| -> Option<String> {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(workspace)
+            .args(args)
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    SourceState {
+        commit: git(&["rev-parse", "--short=12", "HEAD"]),
+        subject: git(&["log", "-1", "--format=%s"]).map(|s| s.chars().take(100).collect()),
+        dirty: git(&[
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            "oomtrace",
+            "oomtrace-ebpf",
+            "oomtrace-common",
+            "bench",
+            "xtask",
+        ])
+        .map(|s| s.lines().map(|l| l.trim().to_owned()).collect())
+        .unwrap_or_default(),
+    }
 }
 
 /// One contender alone: exec → ready, then idle RSS and CPU.
@@ -651,6 +779,19 @@ fn storm_session(ctx: &Ctx<'_>, order: &[&Spec], run: u32, kills: u32, tag: &str
         let quiet = ctx.last_kill.get().map_or(Duration::ZERO, |t| t.elapsed());
         thread::sleep(RATELIMIT_GAP.saturating_sub(quiet));
     }
+    let mut errors: HashMap<String, String> = HashMap::new();
+    // FIRST_KILL_GAP before the storm, bpf_stats still off (other processes' exits and signals
+    // would count), reading meanwhile: a contender must not block on a full pipe.
+    let gap_until = Instant::now() + FIRST_KILL_GAP;
+    while Instant::now() < gap_until {
+        for w in &mut watches {
+            if !errors.contains_key(&w.spec.id)
+                && let Err(e) = w.pump(Duration::from_millis(20))
+            {
+                errors.insert(w.spec.id.clone(), format!("{e:#}"));
+            }
+        }
+    }
     let before: Vec<Vec<ProgStat>> = watches
         .iter()
         .map(|w| kernel::bpf_progs(w.pid()).unwrap_or_default())
@@ -672,7 +813,6 @@ fn storm_session(ctx: &Ctx<'_>, order: &[&Spec], run: u32, kills: u32, tag: &str
     let storm = storm?;
     ctx.last_kill.set(Some(Instant::now()));
     let want: HashSet<u32> = storm.pids.iter().copied().collect();
-    let mut errors: HashMap<String, String> = HashMap::new();
     let deadline = Instant::now() + DELIVERY_TIMEOUT;
     loop {
         let mut all = true;
@@ -737,7 +877,18 @@ fn storm_session(ctx: &Ctx<'_>, order: &[&Spec], run: u32, kills: u32, tag: &str
             .pids
             .iter()
             .filter_map(|p| w.seen.kills.get(p).map(|k| (p, k)));
+        let first_kills_ms = storm
+            .pids
+            .iter()
+            .take(FIRST_KILLS)
+            .map(|p| {
+                let k = w.seen.kills.get(p)?;
+                let kill = k.kill_ns.or_else(|| kill_ns.get(p).copied())?;
+                Some(ms_between(kill, k.read_ns))
+            })
+            .collect();
         let mut o = Obs {
+            first_kills_ms,
             lost: w.seen.lost,
             rss_after_kib: rss[i],
             exit: exits[i].clone(),

@@ -44,9 +44,9 @@ enum Command {
     /// Each run measures every contender alone (start-up, then idle RSS and CPU), every contender
     /// alone on the hook for a storm (eBPF cost, latency), then each storm size with all contenders
     /// attached at once (delivery, latency). Prints a Markdown table on stdout and writes the raw
-    /// numbers as JSON. The defaults take about 40 minutes; --quick about 4.
+    /// numbers as JSON. The defaults take about 40 minutes; --quick about 5.
     Bench {
-        /// Runs; every figure is the median over them [default: 5; 3 with --quick].
+        /// Runs; every figure is the median over them [default: 5; 2 with --quick].
         #[arg(long, value_name = "R", value_parser = clap::value_parser!(u32).range(1..))]
         runs: Option<u32>,
         /// Sizes of the storms all contenders watch at once (OOM kills), comma-separated; each run
@@ -65,8 +65,13 @@ enum Command {
         /// Seconds each contender idles alone for the idle RSS and CPU figures.
         #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
         idle_secs: u64,
-        /// A short run for development: 3 runs, one shared storm of 300 kills, solo storms of 100,
-        /// 5 s idle (overrides --storms, --solo-kills and --idle-secs; not for publishing).
+        /// oomtrace start-ups per run (exec → `start` line; the figure is their median).
+        #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+        startups: u32,
+        /// A short run (about 5 minutes) that still gives every per-kill figure and target: 2 runs,
+        /// one shared storm of 300 kills, solo storms of 100, 3 s idle, 10 start-ups per run, and
+        /// without the floor variants that only break oomtrace's cost down (overrides --storms,
+        /// --solo-kills, --idle-secs and --startups).
         #[arg(long)]
         quick: bool,
         /// Where to write the raw numbers (default: target/bench/bench.json in the workspace).
@@ -141,15 +146,22 @@ fn main() -> ExitCode {
             storms,
             solo_kills,
             idle_secs,
+            startups,
             quick,
             json,
         } => bench::run(
             &workspace,
             &bench::Options {
-                runs: runs.unwrap_or(if quick { 3 } else { 5 }),
+                runs: runs.unwrap_or(if quick { 2 } else { 5 }),
                 storms: if quick { vec![300] } else { storms },
                 solo_kills: if quick { 100 } else { solo_kills },
-                idle: Duration::from_secs(if quick { 5 } else { idle_secs }),
+                idle: Duration::from_secs(if quick { 3 } else { idle_secs }),
+                startups: if quick { 10 } else { startups },
+                breakdown: !quick,
+                command: std::iter::once("cargo xtask".to_owned())
+                    .chain(std::env::args().skip(1))
+                    .collect::<Vec<_>>()
+                    .join(" "),
                 json: json.unwrap_or_else(|| workspace.join("target").join("bench").join("bench.json")),
             },
         ),

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
 use super::{
-    Alone, Lineup, Obs, Run, Session,
+    Alone, FIRST_KILLS, Lineup, Obs, Run, Session, SourceState,
     contender::{Family, Hook, Spec},
     kernel::BinarySize,
 };
@@ -17,7 +17,17 @@ const TARGET_STARTUP_MS: f64 = 100.0;
 const TARGET_IDLE_RSS_MIB: f64 = 12.0;
 const TARGET_IDLE_CPU_PCT: f64 = 0.1;
 const TARGET_P99_MS: f64 = 5.0;
-const TARGET_BPF_RATIO: f64 = 1.5;
+/// oomtrace's mark_victim over the like-for-like floor's (issue 10).
+const TARGET_LIKE_RATIO: f64 = 1.2;
+/// oomtrace --no-user-stacks' mark_victim over the plain floor's.
+const TARGET_PLAIN_RATIO: f64 = 1.5;
+/// All of oomtrace's programs per kill over the plain floor's.
+const TARGET_PER_KILL_RATIO: f64 = 2.5;
+
+/// The floors the targets name.
+const FLOOR_PLAIN: &str = "floor-tp_btf";
+const FLOOR_LIKE: &str = "floor-like";
+const NO_USER_STACKS: &str = "oomtrace-no-user-stacks";
 
 /// A metric row: JSON key, label, one cell per contender, and per contender the per-run values
 /// (None: does not apply).
@@ -26,6 +36,23 @@ struct MetricRow {
     label: String,
     cells: Vec<String>,
     values: Vec<Option<Vec<f64>>>,
+}
+
+/// One of the per-kill figures: oomtrace's value and the floor's (cells), and per run the value
+/// held against the limit (a ratio, or oomtrace's own figure in ms).
+struct PerKill {
+    key: &'static str,
+    figure: String,
+    oomtrace: String,
+    floor: String,
+    /// Per run: the ratio to the floor (unit ×) or oomtrace's figure (unit ms).
+    ratio: Vec<f64>,
+    limit: f64,
+    unit: &'static str,
+    /// ≤ (ratios) or < (times).
+    inclusive: bool,
+    /// One of issue 10's targets; the others detail one.
+    target: bool,
 }
 
 /// The contender the targets are about.
@@ -51,6 +78,11 @@ pub struct Report<'a> {
     pub bench_seconds: f64,
     /// Share of the machine's CPU time used by other work (not the bench's processes) meanwhile.
     pub others_cpu_pct: Option<f64>,
+    /// oomtrace start-ups per run.
+    pub startups: u32,
+    /// How the bench was started (`cargo xtask bench ...`).
+    pub command: String,
+    pub source: SourceState,
 }
 
 /// ", p99 1.23 ms" for the progress lines.
@@ -331,6 +363,170 @@ impl Report<'_> {
             .collect()
     }
 
+    /// Per run: `a`'s mark_victim ns/run over `b`'s, each alone on the hook.
+    fn hook_ratio(&self, a: &str, b: &str) -> Vec<f64> {
+        self.runs
+            .iter()
+            .filter_map(|r| {
+                Some(self.hook_ns_run(r, a, Storms::Solo)? / self.hook_ns_run(r, b, Storms::Solo)?)
+            })
+            .collect()
+    }
+
+    /// Per run: `a`'s eBPF ns per kill (all programs) over `b`'s, each alone on the hook.
+    fn per_kill_ratio(&self, a: &str, b: &str) -> Vec<f64> {
+        self.runs
+            .iter()
+            .filter_map(|r| {
+                Some(self.ns_per_kill_run(r, a, Storms::Solo)? / self.ns_per_kill_run(r, b, Storms::Solo)?)
+            })
+            .collect()
+    }
+
+    /// Per run: kill → line of the first kill of the contender's solo storm (a fresh process
+    /// that has never seen the hog), or the worst of its first `n` kills.
+    fn first_kills(&self, id: &str, n: usize) -> Vec<f64> {
+        self.runs
+            .iter()
+            .filter_map(|r| {
+                self.sessions(r, id, Storms::Solo)
+                    .filter_map(|(_, o)| {
+                        let first = o.first_kills_ms.iter().take(n).flatten().copied();
+                        Stats::new(first).map(|s| s.max())
+                    })
+                    .reduce(f64::max)
+            })
+            .collect()
+    }
+
+    /// Per run: the median of oomtrace's start-ups (exec → `start` line read).
+    fn startup_medians(&self, own: bool) -> Vec<f64> {
+        self.runs
+            .iter()
+            .filter_map(|r| {
+                let ms = r
+                    .startups
+                    .iter()
+                    .flatten()
+                    .filter_map(|s| if own { s.own_ms } else { Some(s.read_ms) });
+                Stats::new(ms).map(|s| s.median())
+            })
+            .collect()
+    }
+
+    /// Every start-up of every run.
+    fn startup_all(&self) -> Vec<f64> {
+        self.runs
+            .iter()
+            .flat_map(|r| r.startups.iter().flatten().map(|s| s.read_ms))
+            .collect()
+    }
+
+    /// The figures issue 10's targets are about, with the floor each is held against:
+    /// (key, figure, oomtrace, floor, ratio, target, met).
+    fn per_kill(&self) -> Vec<PerKill> {
+        let solo = thousands(self.solo_kills);
+        let ns = |id: &str| self.hook_ns(id, Storms::Solo);
+        let p99 = |id: &str| self.latency(id, Storms::Solo, |s| s.percentile(99.0));
+        let mut out = vec![
+            PerKill {
+                key: "mark_victim_vs_like_floor",
+                figure: format!(
+                    "`mark_victim` ns per run (bpf_stats run_time_ns / run_cnt), oomtrace ({}) alone on the hook,                      reader running, vs the like-for-like C floor (kernel + user stack + memcg walk, waking)",
+                    self.lineup.auto_mode
+                ),
+                oomtrace: cell(&ns(AUTO), 0),
+                floor: cell(&ns(FLOOR_LIKE), 0),
+                ratio: self.hook_ratio(AUTO, FLOOR_LIKE),
+                limit: TARGET_LIKE_RATIO,
+                unit: "×",
+                inclusive: true,
+                target: true,
+            },
+            PerKill {
+                key: "mark_victim_no_user_stacks_vs_plain_floor",
+                figure: "`mark_victim` ns per run, `oomtrace --no-user-stacks` alone on the hook, reader running, vs                          the plain C floor (pid, tgid, comm, boot time, waking)"
+                    .to_owned(),
+                oomtrace: cell(&ns(NO_USER_STACKS), 0),
+                floor: cell(&ns(FLOOR_PLAIN), 0),
+                ratio: self.hook_ratio(NO_USER_STACKS, FLOOR_PLAIN),
+                limit: TARGET_PLAIN_RATIO,
+                unit: "×",
+                inclusive: true,
+                target: true,
+            },
+            PerKill {
+                key: "all_programs_per_kill_vs_plain_floor",
+                figure: "eBPF ns per kill, all of oomtrace's programs (signals, exits, reclaim, reaper,                          mark_victim…: run_time_ns summed over the storm / the kernel's kill count), alone, vs the                          plain C floor's one program"
+                    .to_owned(),
+                oomtrace: cell(&self.ns_per_kill(AUTO, Storms::Solo), 0),
+                floor: cell(&self.ns_per_kill(FLOOR_PLAIN, Storms::Solo), 0),
+                ratio: self.per_kill_ratio(AUTO, FLOOR_PLAIN),
+                limit: TARGET_PER_KILL_RATIO,
+                unit: "×",
+                inclusive: true,
+                target: true,
+            },
+        ];
+        let below = |key, figure: String, values: Vec<f64>, floor: Vec<f64>, limit, target| PerKill {
+            key,
+            figure,
+            oomtrace: cell(&values, 2),
+            floor: cell(&floor, 2),
+            ratio: values,
+            limit,
+            unit: " ms",
+            inclusive: false,
+            target,
+        };
+        out.push(below(
+            "p99_kill_to_line_solo_ms",
+            format!(
+                "p99 kill (mark_victim) → line read, oomtrace alone on the hook, {solo}-kill storm of a fresh process,                  first kills included"
+            ),
+            p99(AUTO),
+            p99(FLOOR_PLAIN),
+            TARGET_P99_MS,
+            true,
+        ));
+        out.push(below(
+            "first_kill_to_line_solo_ms",
+            "… its first kill alone (a fresh oomtrace, the hog's binary never symbolized before)".to_owned(),
+            self.first_kills(AUTO, 1),
+            self.first_kills(FLOOR_PLAIN, 1),
+            TARGET_P99_MS,
+            false,
+        ));
+        out.push(below(
+            "first_kills_worst_solo_ms",
+            format!("… the worst of its first {FIRST_KILLS} kills"),
+            self.first_kills(AUTO, FIRST_KILLS),
+            self.first_kills(FLOOR_PLAIN, FIRST_KILLS),
+            TARGET_P99_MS,
+            false,
+        ));
+        out.push(below(
+            "p99_kill_to_line_solo_no_user_stacks_ms",
+            format!("p99 kill → line, `oomtrace --no-user-stacks` alone on the hook ({solo}-kill storm)"),
+            p99(NO_USER_STACKS),
+            p99(FLOOR_PLAIN),
+            TARGET_P99_MS,
+            false,
+        ));
+        out.push(below(
+            "startup_ms",
+            format!(
+                "Start-up: exec → `start` line read, oomtrace (release build), median of {} per run",
+                self.startups
+            ),
+            self.startup_medians(false),
+            self.alone(FLOOR_PLAIN, |a| Some(a.startup_read_ms)),
+            TARGET_STARTUP_MS,
+            true,
+        ));
+        out
+    }
+
     fn rows(&self) -> Vec<MetricRow> {
         let mut rows = Vec::new();
         let specs = self.columns();
@@ -403,6 +599,7 @@ impl Report<'_> {
             &|s| Some(self.latency(&s.id, Storms::Solo, |st| st.percentile(99.0))),
         ));
         let ebpf = |s: &Spec| s.hook != Hook::Kmsg;
+        let tp_btf_oomtrace = |s: &Spec| s.family == Family::Oomtrace && s.hook == Hook::TpBtf;
         rows.push(numeric(
             "bpf_ns_per_run_solo",
             format!("eBPF ns per run of its mark_victim program, alone on the hook ({solo}-kill storm)"),
@@ -414,6 +611,12 @@ impl Report<'_> {
             "… × the C floor on the same hook, same run".into(),
             2,
             &|s| ebpf(s).then(|| self.ratio(&s.id, Storms::Solo)),
+        ));
+        rows.push(numeric(
+            "bpf_ratio_to_like_floor_solo",
+            "… × the like-for-like C floor (kernel + user stack + memcg walk, waking), same run".into(),
+            2,
+            &|s| tp_btf_oomtrace(s).then(|| self.hook_ratio(&s.id, FLOOR_LIKE)),
         ));
         rows.push(numeric(
             "bpf_ns_per_run_shared",
@@ -453,8 +656,14 @@ impl Report<'_> {
             &|s| Some(self.rss_after(&s.id)),
         ));
         rows.push(numeric(
+            "first_kill_ms_solo",
+            format!("First kill → line (ms), a fresh process alone on the hook ({solo}-kill storm)"),
+            2,
+            &|s| ebpf(s).then(|| self.first_kills(&s.id, 1)),
+        ));
+        rows.push(numeric(
             "startup_ms",
-            "Start-up: exec → ready line read (ms), alone".into(),
+            "Start-up: exec → ready line read (ms), alone, once per run".into(),
             1,
             &|s| s.alone.then(|| self.alone(&s.id, |a| Some(a.startup_read_ms))),
         ));
@@ -503,61 +712,28 @@ impl Report<'_> {
             )
         };
         out.push(below(
-            format!("p99 latency < {TARGET_P99_MS} ms, alone on the hook (ms)"),
-            self.latency(AUTO, Storms::Solo, |s| s.percentile(99.0)),
-            TARGET_P99_MS,
-            2,
-            false,
-        ));
-        out.push(below(
             format!("p99 latency < {TARGET_P99_MS} ms, all contenders attached (ms)"),
             self.latency(AUTO, Storms::Shared, |s| s.percentile(99.0)),
             TARGET_P99_MS,
             2,
             false,
         ));
-        // The target as specified: its program on mark_victim vs the floor's, per run.
-        out.push(below(
-            format!(
-                "eBPF cost ≤ {TARGET_BPF_RATIO}× the C floor: ns/run of its mark_victim program over the floor's, \
-                 alone on the hook (as specified)"
-            ),
-            self.ratio(AUTO, Storms::Solo),
-            TARGET_BPF_RATIO,
-            2,
-            true,
-        ));
-        // Like for like: the waking of the reader is most of the floor's cost here and oomtrace's
-        // mark_victim rarely pays it (its signal_generate program, which runs first for the same
-        // kill, does), so compare both without any wakeup: oomtrace with its reader stopped, the
-        // floor that does not wake its reader.
-        let per_run = |f: &dyn Fn(&Run) -> Option<f64>| self.runs.iter().filter_map(f).collect::<Vec<f64>>();
-        out.push(below(
-            "… like for like, both without ring-buffer wakeups (reader stopped / floor not waking) (ratio)"
-                .to_owned(),
-            per_run(&|r| {
-                Some(
-                    self.hook_ns_run(r, "oomtrace-frozen", Storms::Solo)?
-                        / self.hook_ns_run(r, "floor-nowake", Storms::Solo)?,
-                )
-            }),
-            TARGET_BPF_RATIO,
-            2,
-            true,
-        ));
-        out.push(below(
-            "… per kill: all its programs over the floor's, wakeups included (ratio)".to_owned(),
-            per_run(&|r| {
-                let floor = self.floor_for(AUTO)?;
-                Some(
-                    self.ns_per_kill_run(r, AUTO, Storms::Solo)?
-                        / self.ns_per_kill_run(r, floor, Storms::Solo)?,
-                )
-            }),
-            TARGET_BPF_RATIO,
-            2,
-            true,
-        ));
+        for p in self.per_kill().into_iter().filter(|p| p.target) {
+            let (values, decimals) = (p.ratio.clone(), 2);
+            out.push(below(
+                format!(
+                    "{} {} {}{}",
+                    p.figure,
+                    if p.inclusive { "≤" } else { "<" },
+                    p.limit,
+                    p.unit
+                ),
+                values,
+                p.limit,
+                decimals,
+                p.inclusive,
+            ));
+        }
         out.push(below(
             format!("idle RSS < {TARGET_IDLE_RSS_MIB} MiB (MiB)"),
             self.alone(AUTO, |a| Some(mib(a.idle_rss_kib))),
@@ -570,13 +746,6 @@ impl Report<'_> {
             self.alone(AUTO, |a| Some(a.idle_cpu_pct)),
             TARGET_IDLE_CPU_PCT,
             3,
-            false,
-        ));
-        out.push(below(
-            format!("start-up < {TARGET_STARTUP_MS} ms: exec → `start` record (ms)"),
-            self.alone(AUTO, |a| a.startup_own_ms),
-            TARGET_STARTUP_MS,
-            1,
             false,
         ));
         out
@@ -635,6 +804,14 @@ impl Report<'_> {
             "… + the trigger's memcg ancestry: 8 levels of page counters (Δ: the memcg walk)",
             &memcg,
             &kstack,
+        );
+        let like = per_run(FLOOR_LIKE);
+        push(
+            tp_btf(FLOOR_LIKE),
+            "C floor, like for like: kernel stack + one user stack (32) + memcg walk, waking its reader (Δ vs floor \
+             + kernel stack + memcg walk: the user stack and the wakeup)",
+            &like,
+            &memcg,
         );
         push(
             tp_btf("floor-stacks"),
@@ -698,6 +875,75 @@ impl Report<'_> {
             self.others_cpu_pct
                 .map_or("unknown".to_owned(), |p| format!("{p:.0} %")),
         );
+        let _ = writeln!(
+            out,
+            "- Command: `{}`. Built from commit {}{}. Load average (1/5/15 min) before: {}; after: {}.\n",
+            self.command,
+            self.source
+                .commit
+                .as_deref()
+                .map_or("unknown".to_owned(), |c| format!(
+                    "`{c}` ({})",
+                    self.source.subject.as_deref().unwrap_or("")
+                )),
+            if self.source.dirty.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", with uncommitted changes in the built crates: {}",
+                    self.source.dirty.join(", ")
+                )
+            },
+            loadavg3(&self.loadavg.0),
+            loadavg3(&self.loadavg.1),
+        );
+
+        let _ = writeln!(
+            out,
+            "### Per kill, against the C floors (oomtrace {}, each alone on the hook, {}-kill storms)\n",
+            self.lineup.auto_mode,
+            thousands(self.solo_kills)
+        );
+        out.push_str(
+            "| Figure | oomtrace | C floor | Ratio or figure | Target | Met |\n|---|---|---|---|---|---|\n",
+        );
+        for p in self.per_kill() {
+            let decimals = 2;
+            let met = Stats::new(p.ratio.iter().copied()).map(|st| {
+                if p.inclusive {
+                    st.median() <= p.limit
+                } else {
+                    st.median() < p.limit
+                }
+            });
+            let target = format!("{} {}{}", if p.inclusive { "≤" } else { "<" }, p.limit, p.unit);
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {}{} | {}{} | {} |",
+                p.figure,
+                p.oomtrace,
+                p.floor,
+                cell(&p.ratio, decimals),
+                if p.unit == "×" { "×" } else { "" },
+                target,
+                if p.target { "" } else { " (detail)" },
+                met.map_or("n/a", yes_no),
+            );
+        }
+        let all = Stats::new(self.startup_all());
+        if let Some(st) = all {
+            let _ = writeln!(
+                out,
+                "\nStart-ups, all {} of them: median {:.1} ms, min {:.1}, max {:.1} (exec → the `start` record's own \
+                 timestamp: {} ms, median of the run medians).",
+                self.startup_all().len(),
+                st.median(),
+                st.min(),
+                st.max(),
+                cell(&self.startup_medians(true), 1)
+            );
+        }
+        out.push('\n');
         let _ = write!(out, "| |");
         for s in &specs {
             let _ = write!(out, " {} |", s.label);
@@ -865,9 +1111,13 @@ impl Report<'_> {
              mark_victim time, so its latency uses the other contenders' for the same victim, to its first line \
              (full report or one-liner), and it has no figure alone on the hook; the kmsg record's own timestamp (printk's local_clock, µs) lies {} ms \
              from mark_victim. In the shared storms all contenders and the hog share the CPUs; their attach order \
-             rotates between runs.",
+             rotates between runs. Every storm has fresh contender processes and starts {} s after the last of them \
+             printed its ready line: what a tracer warms right after start is warm, the hog's binary is new to it \
+             (its first kills symbolize it cold). \"First kill\": the storm's first victim; \"first kills included\": \
+             nothing is left out of the percentiles.",
             self.mono_offset_ns as f64 / 1e6,
             cell(&offset, 3),
+            super::FIRST_KILL_GAP.as_secs(),
         );
         let _ = writeln!(
             out,
@@ -940,6 +1190,23 @@ impl Report<'_> {
             "boot_minus_mono_ns": self.mono_offset_ns,
             "bpf_stats_enabled": { "before": self.bpf_stats_sysctl.0, "after": self.bpf_stats_sysctl.1 },
             "loadavg": { "before": self.loadavg.0, "after": self.loadavg.1 },
+            "command": self.command,
+            "source": {
+                "commit": self.source.commit,
+                "subject": self.source.subject,
+                "dirty": self.source.dirty,
+            },
+            "startups_per_run": self.startups,
+            "per_kill": self.per_kill().into_iter().map(|p| json!({
+                "key": p.key,
+                "figure": p.figure,
+                "oomtrace": p.oomtrace,
+                "floor": p.floor,
+                "per_run": p.ratio,
+                "limit": p.limit,
+                "unit": p.unit.trim(),
+                "target": p.target,
+            })).collect::<Vec<_>>(),
             "oomtrace_auto": { "mode": self.lineup.auto_mode, "fallbacks": self.lineup.auto_fallbacks },
             "contenders": self.specs().iter().map(|s| json!({
                 "id": s.id,
@@ -967,6 +1234,11 @@ impl Report<'_> {
     }
 }
 
+/// The three load averages of a /proc/loadavg line.
+fn loadavg3(line: &str) -> String {
+    line.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
 fn session_json(s: &Session) -> Value {
     let per: serde_json::Map<String, Value> = s
         .obs
@@ -986,6 +1258,7 @@ fn session_json(s: &Session) -> Value {
                         "max": st.as_ref().map(Stats::max),
                     },
                     "latencies_ms": o.latencies_ms,
+                    "first_kills_ms": o.first_kills_ms,
                     "missing_detail": o.missing,
                     "kmsg_ts_minus_kill_ms_median":
                         Stats::new(o.kmsg_ts_minus_kill_ms.iter().copied()).map(|s| s.median()),
@@ -1032,6 +1305,10 @@ fn run_json(r: &Run) -> Value {
         })
         .collect();
     json!({
+        "startups": r.startups.iter().map(|s| match s {
+            Ok(s) => json!({ "read_ms": s.read_ms, "own_ms": s.own_ms }),
+            Err(e) => json!({ "error": e }),
+        }).collect::<Vec<_>>(),
         "alone": alone,
         "solo_storms": r.solo.iter().map(session_json).collect::<Vec<_>>(),
         "shared_storms": r.sessions.iter().map(session_json).collect::<Vec<_>>(),
