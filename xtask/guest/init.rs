@@ -1,7 +1,8 @@
 //! PID 1 of oomtrace's test VMs (`cargo xtask vm-test`), linked statically for the guest.
 //!
-//! It mounts what the tests need (proc, sysfs, devtmpfs, tracefs, bpffs, cgroup2 with the memory
-//! controller enabled for children of the root), runs the plan in `/vm/plan` (or the part of it
+//! It mounts what the tests need (proc, sysfs, devtmpfs, bpffs, cgroup2 with the memory controller
+//! enabled for children of the root) — not tracefs: the guest is a fresh box, where oomtrace uses
+//! tp_btf or mounts tracefs in a namespace of its own (tests/tests/fresh_box.rs) — runs the plan in `/vm/plan` (or the part of it
 //! in the modes the kernel command line names, see `protocol::MODES_PARAM`) one test at a time
 //! (each test binary with `--exact NAME --test-threads=1 --nocapture`, in its own process group,
 //! killed after the plan's timeout), and reports every result as a record (xtask/src/vm/protocol.rs)
@@ -122,7 +123,6 @@ fn setup() -> Result<(), String> {
     mount_fs("proc", "/proc")?;
     mount_fs("sysfs", "/sys")?;
     mount_fs("devtmpfs", "/dev")?;
-    mount_fs("tracefs", "/sys/kernel/tracing")?;
     mount_fs("bpf", "/sys/fs/bpf")?;
     mount_fs("cgroup2", "/sys/fs/cgroup")?;
     // Tests make their cgroups under their own, which is the root here: the root may hold
