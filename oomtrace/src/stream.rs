@@ -262,21 +262,26 @@ mod tests {
         )
     }
 
-    /// The wall clock was stepped (NTP) by a day after start: the next tick re-reads the
-    /// boot-time -> wall-clock offset, so later lines carry the right time.
-    #[test]
-    fn the_tick_refreshes_a_stepped_clock() {
-        const DAY_NS: i128 = 86_400 * 1_000_000_000;
+    /// A stream writing JSON into memory, with `clock`.
+    fn stream(clock: Clock) -> (Stream, crate::sink::Writer, Arc<Mutex<Vec<u8>>>) {
         let got = Arc::new(Mutex::new(Vec::new()));
         let (sink, writer) = Sink::new(
             Format::Json,
             Box::new(Shared(got.clone())),
             "test".into(),
             "h".into(),
-            Clock::skewed(-DAY_NS),
+            clock,
         )
         .unwrap();
-        let mut stream = Stream::new(sink, pipeline());
+        (Stream::new(sink, pipeline()), writer, got)
+    }
+
+    /// The wall clock was stepped (NTP) by a day after start: the next tick re-reads the
+    /// boot-time -> wall-clock offset, so later lines carry the right time.
+    #[test]
+    fn the_tick_refreshes_a_stepped_clock() {
+        const DAY_NS: i128 = 86_400 * 1_000_000_000;
+        let (mut stream, writer, got) = stream(Clock::skewed(-DAY_NS));
         let lost = || {
             Event::Lost(Lost {
                 reason: LostReason::DecodeError,
@@ -313,16 +318,7 @@ mod tests {
     /// line sums them.
     #[test]
     fn losses_are_reported_per_reason_and_summed_at_stop() {
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let (sink, writer) = Sink::new(
-            Format::Json,
-            Box::new(Shared(got.clone())),
-            "test".into(),
-            "h".into(),
-            Clock::new(),
-        )
-        .unwrap();
-        let mut stream = Stream::new(sink, pipeline());
+        let (mut stream, writer, got) = stream(Clock::new());
         stream.record(&[0xff; 8]); // not a record kind
         stream.tick(3, 2);
         stream.stop(5, 2);
