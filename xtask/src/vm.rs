@@ -46,8 +46,10 @@ use self::{
 const GUEST_TARGET: &str = "x86_64-unknown-linux-musl";
 /// The integration test binaries (tests/tests/*.rs) whose tests cause real OOM kills and check
 /// them against the kernel. Not cli and schema (no kernel involved), nor faults (oomtrace's own
-/// robustness: fuzzing and full disks cost emulated minutes and say nothing about the kernel).
-const GUEST_TESTS: [&str; 3] = ["allocation", "oom_kill", "whodunit"];
+/// robustness: fuzzing and full disks cost emulated minutes and say nothing about the kernel),
+/// nor stacks (it compiles C programs, and the guest has no compiler). fresh_box is issue 11's
+/// "tracefs not mounted" check, and the guest is such a box: its init mounts no tracefs.
+const GUEST_TESTS: [&str; 5] = ["allocation", "fresh_box", "multithread", "oom_kill", "whodunit"];
 /// busybox applets the guest gets (for `--keep`'s shell, and `dmesg` for the tests). Not `kill`:
 /// xtask/guest/kill.rs is /bin/kill.
 const BUSYBOX_APPLETS: [&str; 22] = [
