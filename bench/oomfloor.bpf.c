@@ -193,15 +193,29 @@ int BPF_PROG(floor_stacks, struct task_struct *task, uid_t uid)
  * Not captured here, and in oomtrace's price: the victim's mm counters and oom_score_adj, the
  * three stash lookups (oom_control, reclaim, SIGKILL) and the trigger's comm.
  */
-SEC("tp_btf/mark_victim")
-int BPF_PROG(floor_like, struct task_struct *task, uid_t uid)
+static __always_inline void fill_like(void *ctx, struct task_struct *task, __u64 flags)
 {
 	struct floor_stack_event *e = reserve_stack_event(ctx, task, FLOOR_LIKE);
 
 	if (!e)
-		return 0;
+		return;
 	e->ustack_bytes = bpf_get_stack(ctx, e->ustack, sizeof(e->ustack), BPF_F_USER_STACK);
 	walk_memcg(e);
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, flags);
+}
+
+SEC("tp_btf/mark_victim")
+int BPF_PROG(floor_like, struct task_struct *task, uid_t uid)
+{
+	fill_like(ctx, task, 0);
+	return 0;
+}
+
+/* The same without waking the reader (--variant like-nowake), against oomtrace with its reader
+ * stopped: the captures' price alone, whichever of a kill's programs pays the wakeup. */
+SEC("tp_btf/mark_victim")
+int BPF_PROG(floor_like_nowake, struct task_struct *task, uid_t uid)
+{
+	fill_like(ctx, task, BPF_RB_NO_WAKEUP);
 	return 0;
 }

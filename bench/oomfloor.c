@@ -3,7 +3,7 @@
  * oomfloor: the cost floor for `cargo xtask bench`. Loads oomfloor.bpf.c with libbpf, attaches
  * one program to oom:mark_victim and prints one line per OOM victim:
  *
- *   oomfloor [--attach tp_btf|tracepoint] [--variant plain|nowake|kstack|memcg|stacks|like]
+ *   oomfloor [--attach tp_btf|tracepoint] [--variant plain|nowake|kstack|memcg|stacks|like|like-nowake]
  *
  *   start <boot_ns>                          once the program is attached
  *   kill <boot_ns> <tid> <tgid> <comm>       per victim; boot_ns is the kernel's, at mark_victim
@@ -13,7 +13,8 @@
  * captures, part by part: the trigger's kernel stack; that and the trigger's memory-cgroup
  * ancestry with its page counters; the kernel, user and user build-id stacks. like is the
  * like-for-like floor: what oomtrace captures at mark_victim (kernel stack, one user stack, the
- * memcg walk) in one record, waking this reader as plain does.
+ * memcg walk) in one record, waking this reader as plain does; like-nowake the same without the
+ * wakeup.
  * The variants need --attach tp_btf. Lines are flushed one by one. Stops on SIGINT/SIGTERM.
  * Exit codes: 0 clean stop, 1 failure (libbpf says why on stderr), 2 usage.
  *
@@ -76,7 +77,8 @@ static int on_event(void *ctx, void *data, size_t len)
 static int usage(const char *argv0)
 {
 	fprintf(stderr,
-		"usage: %s [--attach tp_btf|tracepoint] [--variant plain|nowake|kstack|memcg|stacks|like]\n",
+		"usage: %s [--attach tp_btf|tracepoint]\n"
+		"       [--variant plain|nowake|kstack|memcg|stacks|like|like-nowake]\n",
 		argv0);
 	return 2;
 }
@@ -114,7 +116,8 @@ int main(int argc, char **argv)
 	if (strcmp(mode, "tp_btf") && strcmp(mode, "tracepoint"))
 		return usage(argv[0]);
 	if (strcmp(variant, "plain") && strcmp(variant, "kstack") && strcmp(variant, "stacks") &&
-	    strcmp(variant, "nowake") && strcmp(variant, "memcg") && strcmp(variant, "like"))
+	    strcmp(variant, "nowake") && strcmp(variant, "memcg") && strcmp(variant, "like") &&
+	    strcmp(variant, "like-nowake"))
 		return usage(argv[0]);
 	/* plain and like wake this reader; the others submit without a wakeup. */
 	nowake = strcmp(variant, "plain") && strcmp(variant, "like");
@@ -145,6 +148,9 @@ int main(int argc, char **argv)
 	} else if (!strcmp(variant, "like")) {
 		prog = skel->progs.floor_like;
 		link = &skel->links.floor_like;
+	} else if (!strcmp(variant, "like-nowake")) {
+		prog = skel->progs.floor_like_nowake;
+		link = &skel->links.floor_like_nowake;
 	} else if (!strcmp(variant, "nowake")) {
 		prog = skel->progs.floor_nowake;
 		link = &skel->links.floor_nowake;
@@ -159,6 +165,7 @@ int main(int argc, char **argv)
 	bpf_program__set_autoload(skel->progs.floor_nowake, prog == skel->progs.floor_nowake);
 	bpf_program__set_autoload(skel->progs.floor_memcg, prog == skel->progs.floor_memcg);
 	bpf_program__set_autoload(skel->progs.floor_like, prog == skel->progs.floor_like);
+	bpf_program__set_autoload(skel->progs.floor_like_nowake, prog == skel->progs.floor_like_nowake);
 	err = oomfloor_bpf__load(skel);
 	if (err) {
 		fprintf(stderr, "oomfloor: error: failed to load the BPF program: %s\n", strerror(-err));

@@ -61,8 +61,8 @@ pub struct Options {
     pub idle: Duration,
     /// oomtrace start-ups per run (exec → `start` line).
     pub startups: u32,
-    /// Run every floor variant and oomtrace with its reader stopped (the breakdown of where
-    /// oomtrace's mark_victim time goes); --quick leaves them out.
+    /// Also run the floor variants that only break down where oomtrace's mark_victim time goes
+    /// (kernel stack, memcg walk, all stacks); --quick leaves them out.
     pub breakdown: bool,
     /// The command line, for the report.
     pub command: String,
@@ -80,6 +80,8 @@ const SETTLE: Duration = Duration::from_secs(2);
 /// library's symbols) is warm by then. The hog's own binary is not: no process of a storm has
 /// seen it before, so the first kills pay for symbolizing it cold.
 pub const FIRST_KILL_GAP: Duration = Duration::from_secs(1);
+/// Between two timed start-ups.
+const STARTUP_GAP: Duration = Duration::from_millis(250);
 /// The first kills of a fresh contender process, reported on their own.
 pub const FIRST_KILLS: usize = 5;
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -490,33 +492,29 @@ fn lineup(ctx: &Ctx<'_>, breakdown: bool) -> Result<Lineup> {
         Err(e) => lineup.absent.push((nus.label, format!("{e:#}"))),
     }
 
-    // Reader stopped during the storm: the programs' cost without any ring-buffer wakeup. The
+    // Reader stopped during the storm: the programs' cost without any ring-buffer wakeup, held
+    // against the floors that do not wake theirs (which program of a kill pays the wakeup varies). The
     // ring buffer holds the whole storm meanwhile (about 3 KiB of records per kill).
     let ring = (u64::from(ctx.solo_kills) * (8 << 10))
         .next_power_of_two()
         .clamp(4 << 20, 1 << 30);
     let ring = ring.to_string();
-    let frozen: &[_] = if breakdown {
-        &[
-            (
-                "oomtrace-frozen",
-                format!("oomtrace ({auto_mode}), reader stopped"),
-                None,
-            ),
-            (
-                "oomtrace-no-user-stacks-frozen",
-                format!("oomtrace --no-user-stacks ({auto_mode}), reader stopped"),
-                Some("--no-user-stacks"),
-            ),
-        ]
-    } else {
-        &[]
-    };
-    for (id, label, extra) in frozen {
+    for (id, label, extra) in [
+        (
+            "oomtrace-frozen",
+            format!("oomtrace ({auto_mode}), reader stopped"),
+            None,
+        ),
+        (
+            "oomtrace-no-user-stacks-frozen",
+            format!("oomtrace --no-user-stacks ({auto_mode}), reader stopped"),
+            Some("--no-user-stacks"),
+        ),
+    ] {
         let mut args = vec!["run", "--ring-size", ring.as_str()];
-        args.extend(*extra);
+        args.extend(extra);
         let mut spec = oomtrace(id, &args, Hook::from_mode(&auto_mode), false);
-        spec.label = label.clone();
+        spec.label = label;
         spec.shared = false;
         spec.freeze = true;
         match probe(&spec) {
@@ -606,6 +604,25 @@ fn lineup(ctx: &Ctx<'_>, breakdown: bool) -> Result<Lineup> {
         Hook::TpBtf,
         (false, false),
     );
+    // Both floors without the wakeup, against oomtrace with its reader stopped.
+    other(
+        "floor-like-nowake",
+        "C floor, like for like, without the reader's wakeup (tp_btf)",
+        Family::Floor,
+        &bins.floor,
+        &floor("tp_btf", "like-nowake"),
+        Hook::TpBtf,
+        (false, false),
+    );
+    other(
+        "floor-nowake",
+        "C floor without the reader's wakeup (tp_btf)",
+        Family::Floor,
+        &bins.floor,
+        &floor("tp_btf", "nowake"),
+        Hook::TpBtf,
+        (false, false),
+    );
     if !breakdown {
         return Ok(lineup);
     }
@@ -616,15 +633,6 @@ fn lineup(ctx: &Ctx<'_>, breakdown: bool) -> Result<Lineup> {
         Family::Floor,
         &bins.floor,
         &floor("tp_btf", "kstack"),
-        Hook::TpBtf,
-        (false, false),
-    );
-    other(
-        "floor-nowake",
-        "C floor without the reader's wakeup (tp_btf)",
-        Family::Floor,
-        &bins.floor,
-        &floor("tp_btf", "nowake"),
         Hook::TpBtf,
         (false, false),
     );
@@ -656,6 +664,9 @@ fn measure_startup(ctx: &Ctx<'_>, spec: &Spec, run: u32, i: u32) -> Result<Start
     let ready = w.wait_ready(START_TIMEOUT)?;
     let spawned = w.spawned_ns();
     stop_or_note(&mut w)?;
+    // The kernel frees a closed program's maps and links after an RCU grace period, off this
+    // thread: let the last start-up's teardown finish before the next one is timed.
+    thread::sleep(STARTUP_GAP);
     Ok(Startup {
         read_ms: ms_between(spawned, ready.read_ns),
         own_ms: ready.own_ns.map(|o| ms_between(spawned, o)),

@@ -46,7 +46,7 @@ enum Command {
     /// attached at once (delivery, latency). Prints a Markdown table on stdout and writes the raw
     /// numbers as JSON. The defaults take about 40 minutes; --quick about 5.
     Bench {
-        /// Runs; every figure is the median over them [default: 5; 2 with --quick].
+        /// Runs; every figure is the median over them [default: 5; 3 with --quick].
         #[arg(long, value_name = "R", value_parser = clap::value_parser!(u32).range(1..))]
         runs: Option<u32>,
         /// Sizes of the storms all contenders watch at once (OOM kills), comma-separated; each run
@@ -68,10 +68,10 @@ enum Command {
         /// oomtrace start-ups per run (exec → `start` line; the figure is their median).
         #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
         startups: u32,
-        /// A short run (about 5 minutes) that still gives every per-kill figure and target: 2 runs,
-        /// one shared storm of 300 kills, solo storms of 100, 3 s idle, 10 start-ups per run, and
-        /// without the floor variants that only break oomtrace's cost down (overrides --storms,
-        /// --solo-kills, --idle-secs and --startups).
+        /// A short run (about 5 minutes after the build) that still gives every per-kill figure and
+        /// target: 3 runs, one shared storm of 300 kills, solo storms of 100, 5 s idle, 10
+        /// start-ups per run, and without the floor variants that only break oomtrace's cost down
+        /// (overrides --storms, --solo-kills, --idle-secs and --startups).
         #[arg(long)]
         quick: bool,
         /// Where to write the raw numbers (default: target/bench/bench.json in the workspace).
@@ -152,10 +152,10 @@ fn main() -> ExitCode {
         } => bench::run(
             &workspace,
             &bench::Options {
-                runs: runs.unwrap_or(if quick { 2 } else { 5 }),
+                runs: runs.unwrap_or(if quick { 3 } else { 5 }),
                 storms: if quick { vec![300] } else { storms },
                 solo_kills: if quick { 100 } else { solo_kills },
-                idle: Duration::from_secs(if quick { 3 } else { idle_secs }),
+                idle: Duration::from_secs(if quick { 5 } else { idle_secs }),
                 startups: if quick { 10 } else { startups },
                 breakdown: !quick,
                 command: std::iter::once("cargo xtask".to_owned())

@@ -27,7 +27,12 @@ const TARGET_PER_KILL_RATIO: f64 = 2.5;
 /// The floors the targets name.
 const FLOOR_PLAIN: &str = "floor-tp_btf";
 const FLOOR_LIKE: &str = "floor-like";
+const FLOOR_NOWAKE: &str = "floor-nowake";
+const FLOOR_LIKE_NOWAKE: &str = "floor-like-nowake";
 const NO_USER_STACKS: &str = "oomtrace-no-user-stacks";
+/// oomtrace with its reader stopped during the storm: no ring-buffer wakeups.
+const FROZEN: &str = "oomtrace-frozen";
+const NO_USER_STACKS_FROZEN: &str = "oomtrace-no-user-stacks-frozen";
 
 /// A metric row: JSON key, label, one cell per contender, and per contender the per-run values
 /// (None: does not apply).
@@ -41,12 +46,12 @@ struct MetricRow {
 /// One of the per-kill figures: oomtrace's value and the floor's (cells), and per run the value
 /// held against the limit (a ratio, or oomtrace's own figure in ms).
 struct PerKill {
-    key: &'static str,
+    key: String,
     figure: String,
     oomtrace: String,
     floor: String,
     /// Per run: the ratio to the floor (unit ×) or oomtrace's figure (unit ms).
-    ratio: Vec<f64>,
+    values: Vec<f64>,
     limit: f64,
     unit: &'static str,
     /// ≤ (ratios) or < (times).
@@ -422,67 +427,98 @@ impl Report<'_> {
             .collect()
     }
 
-    /// The figures issue 10's targets are about, with the floor each is held against:
-    /// (key, figure, oomtrace, floor, ratio, target, met).
+    /// The figures issue 10's targets are about, each with the floor it is held against.
     fn per_kill(&self) -> Vec<PerKill> {
         let solo = thousands(self.solo_kills);
-        let ns = |id: &str| self.hook_ns(id, Storms::Solo);
-        let p99 = |id: &str| self.latency(id, Storms::Solo, |s| s.percentile(99.0));
+        let auto_mode = &self.lineup.auto_mode;
+        let ns = |id: &str| cell(&self.hook_ns(id, Storms::Solo), 0);
+        let per_kill = |id: &str| cell(&self.ns_per_kill(id, Storms::Solo), 0);
+        let ratio = |figure: String, (a, b): (&str, &str), limit, target| PerKill {
+            key: format!("{a}_over_{b}"),
+            figure,
+            oomtrace: ns(a),
+            floor: ns(b),
+            values: self.hook_ratio(a, b),
+            limit,
+            unit: "×",
+            inclusive: true,
+            target,
+        };
         let mut out = vec![
-            PerKill {
-                key: "mark_victim_vs_like_floor",
-                figure: format!(
-                    "`mark_victim` ns per run (bpf_stats run_time_ns / run_cnt), oomtrace ({}) alone on the hook,                      reader running, vs the like-for-like C floor (kernel + user stack + memcg walk, waking)",
-                    self.lineup.auto_mode
+            ratio(
+                format!(
+                    "`mark_victim` ns per run, oomtrace ({auto_mode}), reader running / like-for-like C floor (kernel \
+                     stack + user stack + memcg walk), waking its reader"
                 ),
-                oomtrace: cell(&ns(AUTO), 0),
-                floor: cell(&ns(FLOOR_LIKE), 0),
-                ratio: self.hook_ratio(AUTO, FLOOR_LIKE),
-                limit: TARGET_LIKE_RATIO,
-                unit: "×",
-                inclusive: true,
-                target: true,
-            },
-            PerKill {
-                key: "mark_victim_no_user_stacks_vs_plain_floor",
-                figure: "`mark_victim` ns per run, `oomtrace --no-user-stacks` alone on the hook, reader running, vs                          the plain C floor (pid, tgid, comm, boot time, waking)"
+                (AUTO, FLOOR_LIKE),
+                TARGET_LIKE_RATIO,
+                true,
+            ),
+            ratio(
+                "… both without ring-buffer wakeups: oomtrace with its reader stopped / the like-for-like floor \
+                 submitting with BPF_RB_NO_WAKEUP (the captures alone, whichever program pays the wakeup)"
                     .to_owned(),
-                oomtrace: cell(&ns(NO_USER_STACKS), 0),
-                floor: cell(&ns(FLOOR_PLAIN), 0),
-                ratio: self.hook_ratio(NO_USER_STACKS, FLOOR_PLAIN),
-                limit: TARGET_PLAIN_RATIO,
-                unit: "×",
-                inclusive: true,
-                target: true,
-            },
-            PerKill {
-                key: "all_programs_per_kill_vs_plain_floor",
-                figure: "eBPF ns per kill, all of oomtrace's programs (signals, exits, reclaim, reaper,                          mark_victim…: run_time_ns summed over the storm / the kernel's kill count), alone, vs the                          plain C floor's one program"
+                (FROZEN, FLOOR_LIKE_NOWAKE),
+                TARGET_LIKE_RATIO,
+                true,
+            ),
+            ratio(
+                "`mark_victim` ns per run, `oomtrace --no-user-stacks`, reader running / plain C floor (pid, tgid, \
+                 comm, boot time), waking its reader"
                     .to_owned(),
-                oomtrace: cell(&self.ns_per_kill(AUTO, Storms::Solo), 0),
-                floor: cell(&self.ns_per_kill(FLOOR_PLAIN, Storms::Solo), 0),
-                ratio: self.per_kill_ratio(AUTO, FLOOR_PLAIN),
+                (NO_USER_STACKS, FLOOR_PLAIN),
+                TARGET_PLAIN_RATIO,
+                true,
+            ),
+            ratio(
+                "… both without wakeups: `--no-user-stacks` with its reader stopped / the plain floor not waking"
+                    .to_owned(),
+                (NO_USER_STACKS_FROZEN, FLOOR_NOWAKE),
+                TARGET_PLAIN_RATIO,
+                true,
+            ),
+            PerKill {
+                key: "all_programs_per_kill_over_plain_floor".to_owned(),
+                figure: "eBPF ns per kill, all of oomtrace's programs (run_time_ns summed over the storm / the \
+                         kernel's kill count), reader running / the plain C floor's one program"
+                    .to_owned(),
+                oomtrace: per_kill(AUTO),
+                floor: per_kill(FLOOR_PLAIN),
+                values: self.per_kill_ratio(AUTO, FLOOR_PLAIN),
                 limit: TARGET_PER_KILL_RATIO,
                 unit: "×",
                 inclusive: true,
                 target: true,
             },
+            PerKill {
+                key: "all_programs_per_kill_over_like_floor".to_owned(),
+                figure: "… / the like-for-like floor's one program".to_owned(),
+                oomtrace: per_kill(AUTO),
+                floor: per_kill(FLOOR_LIKE),
+                values: self.per_kill_ratio(AUTO, FLOOR_LIKE),
+                limit: TARGET_PER_KILL_RATIO,
+                unit: "×",
+                inclusive: true,
+                target: false,
+            },
         ];
-        let below = |key, figure: String, values: Vec<f64>, floor: Vec<f64>, limit, target| PerKill {
-            key,
+        let below = |key: &str, figure: String, values: Vec<f64>, floor: Vec<f64>, limit, target| PerKill {
+            key: key.to_owned(),
             figure,
             oomtrace: cell(&values, 2),
             floor: cell(&floor, 2),
-            ratio: values,
+            values,
             limit,
             unit: " ms",
             inclusive: false,
             target,
         };
+        let p99 = |id: &str| self.latency(id, Storms::Solo, |s| s.percentile(99.0));
         out.push(below(
             "p99_kill_to_line_solo_ms",
             format!(
-                "p99 kill (mark_victim) → line read, oomtrace alone on the hook, {solo}-kill storm of a fresh process,                  first kills included"
+                "p99 kill (mark_victim) → line read, alone on the hook: a fresh oomtrace, {solo} kills, first kills \
+                 included"
             ),
             p99(AUTO),
             p99(FLOOR_PLAIN),
@@ -491,7 +527,7 @@ impl Report<'_> {
         ));
         out.push(below(
             "first_kill_to_line_solo_ms",
-            "… its first kill alone (a fresh oomtrace, the hog's binary never symbolized before)".to_owned(),
+            "… its first kill (the hog's binary never symbolized by that process)".to_owned(),
             self.first_kills(AUTO, 1),
             self.first_kills(FLOOR_PLAIN, 1),
             TARGET_P99_MS,
@@ -507,7 +543,7 @@ impl Report<'_> {
         ));
         out.push(below(
             "p99_kill_to_line_solo_no_user_stacks_ms",
-            format!("p99 kill → line, `oomtrace --no-user-stacks` alone on the hook ({solo}-kill storm)"),
+            "… `oomtrace --no-user-stacks`, p99".to_owned(),
             p99(NO_USER_STACKS),
             p99(FLOOR_PLAIN),
             TARGET_P99_MS,
@@ -516,7 +552,7 @@ impl Report<'_> {
         out.push(below(
             "startup_ms",
             format!(
-                "Start-up: exec → `start` line read, oomtrace (release build), median of {} per run",
+                "Start-up: exec → `start` line read, release build, median of {} per run",
                 self.startups
             ),
             self.startup_medians(false),
@@ -719,7 +755,7 @@ impl Report<'_> {
             false,
         ));
         for p in self.per_kill().into_iter().filter(|p| p.target) {
-            let (values, decimals) = (p.ratio.clone(), 2);
+            let (values, decimals) = (p.values, 2);
             out.push(below(
                 format!(
                     "{} {} {}{}",
@@ -909,7 +945,7 @@ impl Report<'_> {
         );
         for p in self.per_kill() {
             let decimals = 2;
-            let met = Stats::new(p.ratio.iter().copied()).map(|st| {
+            let met = Stats::new(p.values.iter().copied()).map(|st| {
                 if p.inclusive {
                     st.median() <= p.limit
                 } else {
@@ -923,7 +959,7 @@ impl Report<'_> {
                 p.figure,
                 p.oomtrace,
                 p.floor,
-                cell(&p.ratio, decimals),
+                cell(&p.values, decimals),
                 if p.unit == "×" { "×" } else { "" },
                 target,
                 if p.target { "" } else { " (detail)" },
@@ -1202,7 +1238,7 @@ impl Report<'_> {
                 "figure": p.figure,
                 "oomtrace": p.oomtrace,
                 "floor": p.floor,
-                "per_run": p.ratio,
+                "per_run": p.values,
                 "limit": p.limit,
                 "unit": p.unit.trim(),
                 "target": p.target,
