@@ -40,9 +40,14 @@ apt_ensure "for the VM tests" --no-install-recommends "${VM_APT_PKGS[@]}"
 # clang, libbpf-dev and bpftool to build the C floor against the running kernel's BTF.
 BENCH_APT_PKGS=(bpftrace clang libbpf-dev bpftool)
 apt_ensure "for the benchmark" "${BENCH_APT_PKGS[@]}"
-# The tests' real counterparts: Debian's logrotate drives --output rotation (tests/tests/logrotate.rs).
-TEST_APT_PKGS=(logrotate)
-apt_ensure "for the tests" "${TEST_APT_PKGS[@]}"
+# The tests' real counterparts: Debian's logrotate drives --output rotation (tests/tests/logrotate.rs);
+# containerd, runc and umoci run a real pod (tests/tests/kubernetes.rs), Prometheus scrapes
+# --metrics (tests/tests/metrics.rs), rsyslog ships a live stream, python3-venv holds
+# kubernetes-validate for the DaemonSet manifest.
+TEST_APT_PKGS=(logrotate containerd runc umoci prometheus rsyslog python3-venv)
+apt_ensure "for the tests" --no-install-recommends "${TEST_APT_PKGS[@]}"
+# syslog-ng conflicts with rsyslog: unpacked beside it for the syntax check, not installed.
+"$(dirname "$0")/../deploy/shippers/unpack-syslog-ng.sh" >/dev/null
 
 if ! command -v rustup >/dev/null 2>&1; then
   say "rustup not found: install it from your distribution (Debian: apt-get install rustup) and re-run"

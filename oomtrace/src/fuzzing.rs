@@ -85,7 +85,14 @@ thread_local! {
                 KernelSymbols::Ready(ksyms),
                 None,
             );
-            Pipeline::new(Cgroups::new(Resolver::new(None)), kills, Filter::default(), Attach::TpBtf, false)
+            Pipeline::new(
+                Cgroups::new(Resolver::new(None)),
+                kills,
+                Filter::default(),
+                Attach::TpBtf,
+                false,
+                crate::enrich::kube::Kube::new(None),
+            )
         },
         seq: 1,
     });

@@ -76,6 +76,14 @@ struct RunArgs {
     /// file for this exact kernel release). Checked against the running kernel.
     #[arg(long, value_name = "PATH")]
     btf: Option<PathBuf>,
+    /// Serve Prometheus metrics (GET /metrics) on this address, e.g. 127.0.0.1:9469 (off by
+    /// default).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
+    /// The container runtime's CRI socket, to name pods and containers (default: the first of
+    /// /run/containerd/containerd.sock, /run/crio/crio.sock, ... that exists).
+    #[arg(long, value_name = "PATH")]
+    cri_socket: Option<PathBuf>,
 }
 
 fn btf_source(path: Option<PathBuf>) -> BtfSource {
@@ -139,6 +147,8 @@ fn main() -> ExitCode {
                     signals: a.signals,
                     user_stacks: !a.no_user_stacks,
                     btf: btf_source(a.btf),
+                    metrics: a.metrics,
+                    cri_socket: a.cri_socket,
                     filter: run::Filter {
                         pid: a.pid,
                         cgroup: a.cgroup,

@@ -2,7 +2,7 @@
 //! then empty the kernel's ring buffer into it until SIGINT/SIGTERM, then drain what the kernel
 //! already handed over and stop cleanly.
 
-use std::{path::PathBuf, thread, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, thread, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use aya::maps::{MapData, RingBuf};
@@ -16,6 +16,10 @@ use crate::{
     enrich::{
         Pipeline,
         cgroups::Cgroups,
+        kube::{
+            Kube,
+            names::{self, NameService},
+        },
         oom_kill::{KernelSymbols, Machine, OomKills},
         ustack::UserSymbolizer,
     },
@@ -31,7 +35,7 @@ use crate::{
         memcg_watch, record,
     },
     queue,
-    sink::{FLUSH_TIMEOUT, Format, Sink, WriteError, Writer},
+    sink::{FLUSH_TIMEOUT, Format, Sink, WriteError, Writer, metrics::Metrics},
     stream::{self, Ended, Input, PIPELINE_QUEUE_BYTES},
 };
 
@@ -45,6 +49,10 @@ pub struct Options {
     pub filter: Filter,
     pub user_stacks: bool,
     pub btf: BtfSource,
+    /// Serve Prometheus metrics on this address.
+    pub metrics: Option<SocketAddr>,
+    /// The container runtime's CRI socket to name pods and containers from (None: detected).
+    pub cri_socket: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -226,6 +234,25 @@ pub async fn run(opts: Options) -> Result<()> {
         pid: std::process::id(),
         features,
     };
+    // Pod and container names, from the runtime's CRI socket or kubelet's logs, refreshed in the
+    // background on this runtime; the pipeline thread only reads the cache.
+    let names = NameService::spawn(names::Config {
+        socket: opts.cri_socket.clone(),
+        ..names::Config::default()
+    });
+    let metrics = match opts.metrics {
+        Some(addr) => {
+            let m = Arc::new(Metrics::new(env!("CARGO_PKG_VERSION"), &start.kernel));
+            let (bound, _server) = m
+                .clone()
+                .serve(addr)
+                .await
+                .with_context(|| format!("failed to serve metrics on {addr}"))?;
+            log::info!("metrics on http://{bound}/metrics");
+            Some(m)
+        }
+        None => None,
+    };
     let mut resolver = cgroup::Resolver::new(hierarchy);
     resolver.walk();
     let (gfp, attach, filter, user_stacks) = (info.gfp.clone(), report.mode, opts.filter, opts.user_stacks);
@@ -241,8 +268,16 @@ pub async fn run(opts: Options) -> Result<()> {
                     KernelSymbols::Loading(ksyms),
                     user_stacks.then(UserSymbolizer::new),
                 );
-                Pipeline::new(Cgroups::new(resolver), kills, filter, attach, kills_paired)
+                Pipeline::new(
+                    Cgroups::new(resolver),
+                    kills,
+                    filter,
+                    attach,
+                    kills_paired,
+                    Kube::new(Some(names)),
+                )
             }),
+            metrics,
         },
         rx,
     )?;

@@ -12,7 +12,12 @@
 //! queue full are counted and reported as `lost` (reason `pipeline_backpressure`). Order is kept:
 //! one thread numbers and writes every line in arrival order.
 
-use std::thread;
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    thread,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
 
@@ -25,7 +30,10 @@ use crate::{
         record::{self},
     },
     queue,
-    sink::Sink,
+    sink::{
+        Sink,
+        metrics::{KillLabels, Metrics, scope_of_kill},
+    },
 };
 
 /// What the event loop feeds the pipeline thread.
@@ -59,6 +67,8 @@ pub struct Parts {
     pub sink: Sink,
     pub start: Start,
     pub build: Box<dyn FnOnce() -> Pipeline + Send>,
+    /// `--metrics`: counts of what the stream carries.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// Starts the pipeline thread; it writes the `start` line first.
@@ -70,9 +80,10 @@ pub fn spawn(parts: Parts, rx: queue::Receiver<Input>) -> Result<thread::JoinHan
                 mut sink,
                 start,
                 build,
+                metrics,
             } = parts;
             sink.emit(Clock::now_boot_ns(), &Event::Start(Box::new(start)));
-            let mut stream = Stream::new(sink, build());
+            let mut stream = Stream::new(sink, build(), metrics);
             stream.run(&rx);
             Ended {
                 oom_kills: stream.oom_kills,
@@ -96,10 +107,17 @@ struct Stream {
     ring: Losses,
     decode: Losses,
     queue: Losses,
+    metrics: Option<Arc<Metrics>>,
+    memcg_ooms: MemcgOoms,
+    /// When the metrics of gone pods were last expired.
+    expired: Instant,
 }
 
+/// How often the metrics of pods that are gone are looked for.
+const EXPIRE_INTERVAL: Duration = Duration::from_secs(60);
+
 impl Stream {
-    fn new(sink: Sink, pipeline: Pipeline) -> Self {
+    fn new(sink: Sink, pipeline: Pipeline, metrics: Option<Arc<Metrics>>) -> Self {
         Self {
             sink,
             pipeline,
@@ -107,6 +125,9 @@ impl Stream {
             ring: Losses::default(),
             decode: Losses::default(),
             queue: Losses::default(),
+            metrics,
+            memcg_ooms: MemcgOoms::default(),
+            expired: Instant::now(),
         }
     }
 
@@ -157,8 +178,31 @@ impl Stream {
 
     fn emit(&mut self, t: Option<Timed>) {
         let Some(t) = t else { return };
+        // The metrics count what the kernel did, also when the output drops the line.
+        self.count(&t.event);
         if self.sink.emit(t.boot_ns, &t.event) && t.event.event_type() == EventType::OomKill {
             self.oom_kills += 1;
+        }
+    }
+
+    fn count(&mut self, event: &Event) {
+        let Some(m) = &self.metrics else { return };
+        match event {
+            Event::OomKill(k) => {
+                m.record_kill(&KillLabels::new(scope_of_kill(k), k.victim.kubernetes.as_ref()));
+                if let Some(memcg) = &k.oom_memcg {
+                    self.memcg_ooms.kill(memcg.id);
+                }
+            }
+            Event::Exit(e) if e.exit_signal == libc::SIGKILL => m.record_sigkill_exit(e.verdict.as_str()),
+            Event::MemcgOom(o) => {
+                let path = o.memcg.path.as_deref();
+                let scope = path.map_or(crate::event::Scope::Other, crate::event::Scope::of_memcg);
+                let labels = KillLabels::new(scope, self.pipeline.kubernetes(path).as_ref());
+                // v1 notifies once per OOM; v2 says how many OOMs the notification covers.
+                self.memcg_ooms.oom(o.memcg.id, o.oom_events.unwrap_or(1), labels);
+            }
+            _ => {}
         }
     }
 
@@ -166,6 +210,19 @@ impl Stream {
     /// the lines wait (the counts keep growing) so that they are never themselves dropped.
     fn tick(&mut self, ring_lost: u64, queue_refused: u64) {
         self.sink.refresh_clock();
+        if let Some(m) = &self.metrics {
+            let now = Instant::now();
+            for (labels, n) in self.memcg_ooms.settled(now) {
+                for _ in 0..n {
+                    m.record_memcg_oom_without_kill(&labels);
+                }
+            }
+            if now.duration_since(self.expired) >= EXPIRE_INTERVAL {
+                self.expired = now;
+                let names = self.pipeline.name_service();
+                m.expire(now, |ns, pod| names.is_some_and(|n| n.knows_pod_named(ns, pod)));
+            }
+        }
         if self.sink.drained_after_filling() {
             crate::trim_heap();
         }
@@ -201,6 +258,9 @@ impl Stream {
         }
         let (count, total) = (l.lost - l.reported, l.lost);
         l.reported = total;
+        if let Some(m) = &self.metrics {
+            m.record_lost(reason.as_str(), count);
+        }
         let lost = Event::Lost(Lost { reason, count, total });
         self.sink.emit(Clock::now_boot_ns(), &lost);
     }
@@ -216,6 +276,68 @@ impl Stream {
         });
         self.sink.emit(Clock::now_boot_ns(), &stop);
         self.sink.close();
+    }
+}
+
+/// Matches memcg OOM notifications with the OOM kills of the same memcg, to count the OOMs that
+/// killed nothing. The two arrive by different paths (cgroupfs notifications, the ring buffer) in
+/// either order, so a memcg's counts settle for [`MEMCG_OOM_SETTLE`] after the first of them.
+#[derive(Default)]
+struct MemcgOoms {
+    pending: HashMap<u64, PendingOoms>,
+}
+
+struct PendingOoms {
+    ooms: u64,
+    kills: u64,
+    since: Instant,
+    labels: Option<KillLabels>,
+}
+
+const MEMCG_OOM_SETTLE: Duration = Duration::from_secs(2);
+/// Memcgs tracked at once (a bound against a storm across many cgroups).
+const MAX_PENDING_MEMCGS: usize = 10_000;
+
+impl MemcgOoms {
+    fn entry(&mut self, id: u64) -> Option<&mut PendingOoms> {
+        if !self.pending.contains_key(&id) && self.pending.len() >= MAX_PENDING_MEMCGS {
+            return None;
+        }
+        Some(self.pending.entry(id).or_insert_with(|| PendingOoms {
+            ooms: 0,
+            kills: 0,
+            since: Instant::now(),
+            labels: None,
+        }))
+    }
+
+    fn oom(&mut self, id: u64, n: u64, labels: KillLabels) {
+        if let Some(p) = self.entry(id) {
+            p.ooms += n;
+            p.labels = Some(labels);
+        }
+    }
+
+    fn kill(&mut self, id: u64) {
+        if let Some(p) = self.entry(id) {
+            p.kills += 1;
+        }
+    }
+
+    /// The OOMs without a kill of the memcgs whose counts have settled.
+    fn settled(&mut self, now: Instant) -> Vec<(KillLabels, u64)> {
+        let mut out = Vec::new();
+        self.pending.retain(|_, p| {
+            if now.duration_since(p.since) < MEMCG_OOM_SETTLE {
+                return true;
+            }
+            let without = p.ooms.saturating_sub(p.kills);
+            if let (Some(labels), true) = (p.labels.take(), without > 0) {
+                out.push((labels, without));
+            }
+            false
+        });
+        out
     }
 }
 
@@ -259,6 +381,7 @@ mod tests {
             Filter::default(),
             Attach::TpBtf,
             false,
+            crate::enrich::kube::Kube::new(None),
         )
     }
 
@@ -273,7 +396,7 @@ mod tests {
             clock,
         )
         .unwrap();
-        (Stream::new(sink, pipeline()), writer, got)
+        (Stream::new(sink, pipeline(), None), writer, got)
     }
 
     /// The wall clock was stepped (NTP) by a day after start: the next tick re-reads the

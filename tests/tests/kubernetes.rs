@@ -24,9 +24,10 @@ use oomtrace::enrich::kube::{
     names::{self, NameService, NameSource},
 };
 use oomtrace_tests::{
-    MIB as MIB_U64, TestCgroup, bin, kill_lock, own_memcg_path, require_root_memcg, run_hog, skip_unless,
-    vmstat_oom_kills,
+    MIB as MIB_U64, TestCgroup, Tracer, bin, check_schema, kill_lock, own_memcg_path, require_root_memcg,
+    run_hog, skip_unless, vmstat_oom_kills,
 };
+use serde_json::Value;
 
 const MIB: i64 = 1 << 20;
 
@@ -60,6 +61,26 @@ fn short_tempdir() -> tempfile::TempDir {
         .disable_cleanup(std::env::var_os("OOMTRACE_TEST_KEEP").is_some())
         .tempdir_in("/tmp")
         .expect("tempdir")
+}
+
+/// A free loopback port (bound and released: oomtrace binds it right after).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// The body of a plain HTTP GET on a loopback address.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    write!(s, "GET {path} HTTP/1.0\r\n\r\n").expect("write request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read response");
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
+    body.to_owned()
 }
 
 /// containerd up with both test images imported.
@@ -118,8 +139,13 @@ fn containerd_pod_is_named_over_cri_and_after_it_is_gone() {
             .join(format!("var/log/pods/oomtrace-test_hog-pod_{uid}")),
     };
 
+    // oomtrace itself, naming pods from this containerd and serving metrics.
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let socket = ctrd.socket.display().to_string();
+    let mut tracer = Tracer::start(&["--cri-socket", &socket, "--metrics", &metrics_addr]);
+
     let rt = runtime();
-    rt.block_on(async {
+    let (id, pod_kill) = rt.block_on(async {
         let mut c = cri::connect(&ctrd.socket).await;
         let sandbox = cri::run_pod(&mut c, &pod).await;
         let before = vmstat_oom_kills();
@@ -175,6 +201,55 @@ fn containerd_pod_is_named_over_cri_and_after_it_is_gone() {
         let pod_ident = CgroupIdentity::parse(&pod.cgroup_parent);
         assert_eq!(svc.lookup(&pod_ident).map(|n| n.pod), Some("hog-pod".into()));
 
+        // The second pod: a pod-level limit (kubelet sets it on the pod's cgroup from the sum of
+        // its containers' limits) and two containers without limits of their own: the hog fills
+        // the pod, and the pod's limit fires.
+        let uid2 = uuid();
+        let pod2 = cri::PodSpec {
+            namespace: "oomtrace-test".into(),
+            name: "pod-limit".into(),
+            uid: uid2.clone(),
+            cgroup_parent: format!("{top}/kubepods/burstable/pod{uid2}"),
+            log_directory: tmp
+                .path()
+                .join(format!("var/log/pods/oomtrace-test_pod-limit_{uid2}")),
+        };
+        let (_, mount) = oomtrace_tests::memory_hierarchy().expect("memory hierarchy");
+        let pod2_dir = mount.join(pod2.cgroup_parent.trim_start_matches('/'));
+        fs::create_dir_all(&pod2_dir).expect("mkdir the pod's cgroup");
+        fs::write(pod2_dir.join("memory.limit_in_bytes"), (48 * MIB).to_string()).expect("pod limit");
+        let sandbox2 = cri::run_pod(&mut c, &pod2).await;
+        let sidecar = cri::run_container(
+            &mut c,
+            &sandbox2,
+            &pod2,
+            "sidecar",
+            cri::HOG_IMAGE,
+            &["/bin/sleep", "600"],
+            0,
+        )
+        .await;
+        let hog2 = cri::run_container(
+            &mut c,
+            &sandbox2,
+            &pod2,
+            "hog",
+            cri::HOG_IMAGE,
+            &["/oomtrace-hog", "--mb", "512"],
+            0,
+        )
+        .await;
+        let (code, reason) = cri::wait_exit(&mut c, &hog2, Duration::from_secs(60)).await;
+        assert_eq!(
+            (code, reason.as_str()),
+            (137, "OOMKilled"),
+            "the second pod's hog"
+        );
+        for id in [&sidecar, &hog2] {
+            cri::remove_container(&mut c, id).await;
+        }
+        cri::remove_pod(&mut c, &sandbox2).await;
+
         // deploy/image/build-oci.sh's image (from this build's binary) runs under the runtime:
         // its libraries are all there.
         let image_dir = tmp.path().join("img");
@@ -222,7 +297,60 @@ fn containerd_pod_is_named_over_cri_and_after_it_is_gone() {
             .expect("names kept after the container was removed");
         assert_eq!(after.container.as_deref(), Some("hog"));
         drop(svc);
+        (id, (uid2, hog2))
     });
+
+    // oomtrace's own records of both kills.
+    let kill = tracer
+        .wait_for(Duration::from_secs(20), |v| {
+            v["type"] == "oom_kill" && v["victim"]["kubernetes"]["container_id"] == id.as_str()
+        })
+        .unwrap_or_else(|| panic!("no oom_kill record for container {id}: {:?}", tracer.seen));
+    let k = &kill["victim"]["kubernetes"];
+    assert_eq!(k["namespace"], "oomtrace-test", "{kill}");
+    assert_eq!(k["pod"], "hog-pod", "{kill}");
+    assert_eq!(k["pod_uid"], uid.as_str(), "{kill}");
+    assert_eq!(k["container"], "hog", "{kill}");
+    assert_eq!(k["qos"], "burstable", "{kill}");
+    assert_eq!(k["runtime"], "containerd", "{kill}");
+    assert_eq!(k["image"], cri::HOG_IMAGE, "{kill}");
+    assert_eq!(k["names_source"], "cri", "{kill}");
+    assert_eq!(kill["oom_memcg"]["scope"], "container", "{kill}");
+    assert_eq!(kill["oom_memcg"]["kubernetes"], *k, "{kill}");
+    assert_eq!(kill["trigger"]["kubernetes"], *k, "{kill}");
+
+    let (uid2, hog2) = pod_kill;
+    let kill2 = tracer
+        .wait_for(Duration::from_secs(20), |v| {
+            v["type"] == "oom_kill" && v["victim"]["kubernetes"]["container_id"] == hog2.as_str()
+        })
+        .unwrap_or_else(|| panic!("no oom_kill record for container {hog2}: {:?}", tracer.seen));
+    assert_eq!(
+        kill2["oom_memcg"]["scope"], "pod",
+        "the pod's limit fired: {kill2}"
+    );
+    let m = &kill2["oom_memcg"]["kubernetes"];
+    assert_eq!(m["pod"], "pod-limit", "{kill2}");
+    assert_eq!(m["pod_uid"], uid2.as_str(), "{kill2}");
+    assert_eq!(
+        m["container"],
+        Value::Null,
+        "the pod's memcg is no container's: {kill2}"
+    );
+    assert_eq!(kill2["victim"]["kubernetes"]["container"], "hog", "{kill2}");
+    check_schema(&[kill.clone(), kill2.clone()]);
+
+    // The metrics page counts each kill once, by pod, container, QoS and scope.
+    let page = http_get(&metrics_addr, "/metrics");
+    for (pod, scope) in [("hog-pod", "container"), ("pod-limit", "pod")] {
+        let series = format!(
+            r#"oomtrace_oom_kills_total{{namespace="oomtrace-test",pod="{pod}",container="hog",qos="burstable",scope="{scope}"}} 1"#
+        );
+        assert!(page.lines().any(|l| l == series), "{series} not in:\n{page}");
+    }
+    let (status, lines) = tracer.stop();
+    assert!(status.success(), "oomtrace: {status}");
+    check_schema(&lines);
     ctrd.stop();
 
     // No runtime at all: kubelet's log directories name the pod. containerd wrote the
@@ -240,8 +368,6 @@ fn containerd_pod_is_named_over_cri_and_after_it_is_gone() {
         "containerd's log layout: {containers:?}"
     );
     rt.block_on(async {
-        let path = fs::read_dir(tmp.path().join("var/log/pods")).unwrap().count();
-        assert_eq!(path, 1);
         let svc = NameService::spawn(names::Config {
             socket: None,
             root: tmp.path().to_owned(),

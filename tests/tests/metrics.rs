@@ -1,6 +1,7 @@
 //! Metrics scraped for real: Debian's Prometheus server (started here with its own config and
-//! data directory on a free loopback port) scrapes oomtrace's metrics server, and its query API
-//! must see exactly the counts that were recorded, with the target healthy.
+//! data directory on a free loopback port) scrapes oomtrace's metrics server — in this process,
+//! and `oomtrace run --metrics` with real OOM kills — and its query API must see exactly the
+//! counts that were made, with the target healthy.
 
 use std::{
     io::{Read, Write},
@@ -179,4 +180,85 @@ fn prometheus_scrapes_the_exact_counts() {
     let target0 = &t["data"]["activeTargets"][0];
     assert_eq!(target0["health"], "up", "{target0}");
     assert_eq!(target0["lastError"], "", "{target0}");
+}
+
+/// `oomtrace run --metrics` for real: a few real OOM kills, the page accepted by promtool, and
+/// Prometheus's view of the kill counter equal to the kernel's count of the kills made.
+#[test]
+fn prometheus_scrapes_oomtrace_run_metrics() {
+    oomtrace_tests::require_root_memcg!();
+    skip_unless!(
+        Path::new("/usr/bin/prometheus").exists() && Path::new("/usr/bin/promtool").exists(),
+        "prometheus/promtool not installed (Debian: apt-get install prometheus)"
+    );
+    let _lock = oomtrace_tests::kill_lock();
+    let target: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut tracer = oomtrace_tests::Tracer::start(&["--metrics", &target.to_string()]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _prom = start_prometheus(dir.path(), target, listen);
+    assert!(
+        wait_until(Duration::from_secs(60), || get(listen, "/-/ready")
+            .filter(|(s, _)| *s == 200))
+        .is_some(),
+        "prometheus not ready"
+    );
+    // The counter before: the series does not exist until the first kill.
+    let before = scalar(listen, "sum(oomtrace_oom_kills_total)").unwrap_or(0.0);
+
+    let cg = oomtrace_tests::TestCgroup::new("metrics", 32 * oomtrace_tests::MIB).expect("test cgroup");
+    let kernel_before = oomtrace_tests::vmstat_oom_kills();
+    const KILLS: usize = 3;
+    for _ in 0..KILLS {
+        let st = oomtrace_tests::run_hog(&["--cgroup", &cg.dir.display().to_string()]);
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&st),
+            Some(libc::SIGKILL)
+        );
+    }
+    assert_eq!(
+        tracer.wait_count(KILLS, Duration::from_secs(20), |v| v["type"] == "oom_kill"),
+        KILLS,
+        "oomtrace's records of the kills"
+    );
+    let kernel_kills = oomtrace_tests::vmstat_oom_kills() - kernel_before;
+    assert_eq!(
+        kernel_kills, KILLS as u64,
+        "the kernel's count (another OOM on the machine?)"
+    );
+
+    // promtool accepts the page oomtrace serves.
+    let (status, page) = get(target, "/metrics").expect("GET /metrics");
+    assert_eq!(status, 200);
+    let mut child = Command::new("/usr/bin/promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    child.stdin.take().unwrap().write_all(page.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}{}\n{page}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Prometheus sees the counter rise by exactly the kills made (an OOM outside Kubernetes:
+    // scope `other`, no pod labels).
+    let want = before + KILLS as f64;
+    let got = wait_until(Duration::from_secs(30), || {
+        scalar(listen, "sum(oomtrace_oom_kills_total)").filter(|v| *v >= want)
+    });
+    assert_eq!(got, Some(want), "page:\n{page}");
+    assert_eq!(
+        scalar(listen, r#"sum(oomtrace_oom_kills_total{scope="other",pod=""})"#),
+        Some(want)
+    );
+    assert_eq!(scalar(listen, "oomtrace_build_info"), Some(1.0));
+    let (st, lines) = tracer.stop();
+    assert!(st.success(), "oomtrace: {st}");
+    oomtrace_tests::check_schema(&lines);
 }

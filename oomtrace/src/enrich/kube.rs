@@ -22,34 +22,22 @@
 //! containers are still recognized. Runtime helpers that share the pod's cgroup tree
 //! (`crio-conmon-<id>`, `libpod-conmon-<id>`) are never taken for the container.
 
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
 use serde::Serialize;
+
+use self::names::NameService;
+use crate::event::{Kubernetes, OomKill};
+pub use crate::event::{QosClass, Runtime, Scope};
 
 pub mod cri;
 pub mod names;
 pub mod pod_logs;
 
-/// A pod's quality-of-service class, as kubelet names its cgroup.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum QosClass {
-    /// Requests equal limits for every container: the pod's cgroup sits right under kubepods.
-    Guaranteed,
-    Burstable,
-    /// Kubernetes spells it `BestEffort`; kubelet's cgroup is `besteffort`.
-    #[serde(rename = "besteffort")]
-    BestEffort,
-}
-
 impl QosClass {
-    /// The name the stream and the metrics use.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Guaranteed => "guaranteed",
-            Self::Burstable => "burstable",
-            Self::BestEffort => "besteffort",
-        }
-    }
-
     fn from_component(s: &str) -> Option<Self> {
         match s {
             "burstable" => Some(Self::Burstable),
@@ -59,27 +47,7 @@ impl QosClass {
     }
 }
 
-/// The container runtime, as its cgroup names tell it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Runtime {
-    Containerd,
-    /// CRI-O.
-    Crio,
-    Docker,
-    Podman,
-}
-
 impl Runtime {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Containerd => "containerd",
-            Self::Crio => "crio",
-            Self::Docker => "docker",
-            Self::Podman => "podman",
-        }
-    }
-
     /// From a CRI `VersionResponse.runtime_name` ("containerd", "cri-o", "docker").
     pub fn from_cri_name(name: &str) -> Option<Self> {
         match name.to_ascii_lowercase().as_str() {
@@ -118,38 +86,7 @@ pub enum Level {
     Container,
 }
 
-/// Which limit an OOM hit, from its memcg: the field that says "the pod's limit fired, not the
-/// container's".
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Scope {
-    /// The container's own limit (`resources.limits.memory`).
-    Container,
-    /// The pod's cgroup: the sum of its containers' limits (or a pod-level limit).
-    Pod,
-    /// A QoS class's cgroup (kubelet sets limits there only with `--qos-reserved`).
-    Qos,
-    /// `kubepods`: node allocatable, all pods together.
-    Node,
-    /// No memcg: the whole machine ran out (or a cpuset / mempolicy constraint, see [`Scope::of_oom`]).
-    Global,
-    /// A memcg that is not part of kubelet's tree (a systemd service, a plain container, a
-    /// cgroup below a pod that is no container's).
-    Other,
-}
-
 impl Scope {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Container => "container",
-            Self::Pod => "pod",
-            Self::Qos => "qos",
-            Self::Node => "node",
-            Self::Global => "global",
-            Self::Other => "other",
-        }
-    }
-
     /// The scope of a memory cgroup's limit, from its path (relative to the hierarchy root, as
     /// /proc/<pid>/cgroup prints it). The hierarchy root has no limit: an OOM there is global.
     pub fn of_memcg(path: &str) -> Self {
@@ -166,9 +103,9 @@ impl Scope {
     }
 
     /// The scope of an OOM: `oom_memcg_path` is the path of the OOM's memcg (`oom_memcg.path`),
-    /// `None` when the OOM had none. `memcg_constrained` is false for the kernel's
-    /// CONSTRAINT_NONE / CPUSET / MEMORY_POLICY (include/linux/oom.h, v6.18): an OOM without a
-    /// memcg is `global` only when it was not a cpuset or mempolicy one, which is `other`.
+    /// `None` when the OOM had none. Without a memcg the OOM is `global` when its constraint was
+    /// CONSTRAINT_NONE (`global_constraint`), `other` for CONSTRAINT_CPUSET / MEMORY_POLICY
+    /// (include/linux/oom.h, v6.18).
     pub fn of_oom(oom_memcg_path: Option<&str>, global_constraint: bool) -> Self {
         match oom_memcg_path {
             Some(p) => Self::of_memcg(p),
@@ -317,6 +254,109 @@ impl CgroupIdentity {
     /// The pod UID, if the path is a pod's or below one (also without a QoS class).
     pub fn pod_uid(&self) -> Option<&str> {
         self.pod.as_ref().map(|p| p.uid.as_str())
+    }
+}
+
+/// How long the pipeline waits for the runtime to name a pod or container it has not seen yet
+/// (one that started since the last refresh): one CRI round trip, normally a few ms.
+pub const RESOLVE_WAIT: Duration = Duration::from_millis(500);
+/// A pod or container the runtime did not name is not waited for again this soon (an OOM storm
+/// in a cgroup no runtime knows must not wait on every kill).
+const MISS_TTL: Duration = Duration::from_secs(30);
+const MAX_MISSES: usize = 4096;
+
+/// Fills in the `kubernetes` objects of `oom_kill` events and `oom_memcg.scope`: the identity
+/// from each cgroup path, the names from the [`NameService`] (if any).
+pub struct Kube {
+    names: Option<NameService>,
+    /// Pod UIDs and container IDs a refresh did not name, and when.
+    misses: HashMap<String, Instant>,
+}
+
+impl Kube {
+    pub fn new(names: Option<NameService>) -> Self {
+        Self {
+            names,
+            misses: HashMap::new(),
+        }
+    }
+
+    /// The pod and container of a cgroup path, or None when it is neither a pod's nor a
+    /// container's.
+    pub fn describe(&mut self, path: Option<&str>) -> Option<Kubernetes> {
+        let id = CgroupIdentity::parse(path?);
+        if id.pod.is_none() && id.container.is_none() {
+            return None;
+        }
+        let names = self.names(&id);
+        let names = names.as_ref();
+        Some(Kubernetes {
+            namespace: names.map(|n| n.namespace.clone()),
+            pod: names.map(|n| n.pod.clone()),
+            pod_uid: id.pod.as_ref().map(|p| p.uid.clone()),
+            qos: id.pod.as_ref().and_then(|p| p.qos),
+            container: names.and_then(|n| n.container.clone()),
+            container_id: id.container.as_ref().map(|c| c.id.clone()),
+            image: names.and_then(|n| n.image.clone()),
+            runtime: id
+                .container
+                .as_ref()
+                .and_then(|c| c.runtime)
+                .or_else(|| id.container.as_ref().and(names.and_then(|n| n.runtime))),
+            names_source: names.map(|n| n.source),
+        })
+    }
+
+    fn names(&mut self, id: &CgroupIdentity) -> Option<names::Names> {
+        let svc = self.names.as_ref()?;
+        if let Some(n) = svc.lookup(id) {
+            return Some(n);
+        }
+        let key = id
+            .container
+            .as_ref()
+            .map(|c| c.id.clone())
+            .or_else(|| id.pod.as_ref().map(|p| p.uid.clone()))?;
+        let now = Instant::now();
+        if self
+            .misses
+            .get(&key)
+            .is_some_and(|t| now.duration_since(*t) < MISS_TTL)
+        {
+            return None;
+        }
+        let found = svc.resolve_blocking(id, RESOLVE_WAIT);
+        if found.is_none() {
+            if self.misses.len() >= MAX_MISSES {
+                self.misses.retain(|_, t| now.duration_since(*t) < MISS_TTL);
+            }
+            if self.misses.len() < MAX_MISSES {
+                self.misses.insert(key, now);
+            }
+        }
+        found
+    }
+
+    /// Fills `victim.kubernetes`, `trigger.kubernetes`, `oom_memcg.kubernetes` and
+    /// `oom_memcg.scope`.
+    pub fn annotate(&mut self, ev: &mut OomKill) {
+        let victim_path = ev.victim.cgroup.as_ref().and_then(|c| c.path.clone());
+        ev.victim.kubernetes = self.describe(victim_path.as_deref());
+        let trigger_path = ev.trigger.cgroup.as_ref().and_then(|c| c.path.clone());
+        ev.trigger.kubernetes = if trigger_path == victim_path {
+            ev.victim.kubernetes.clone()
+        } else {
+            self.describe(trigger_path.as_deref())
+        };
+        if let Some(m) = ev.oom_memcg.as_mut() {
+            m.scope = m.path.as_deref().map(Scope::of_memcg);
+            m.kubernetes = self.describe(m.path.clone().as_deref());
+        }
+    }
+
+    /// The name service, for metrics expiry.
+    pub fn name_service(&self) -> Option<&NameService> {
+        self.names.as_ref()
     }
 }
 

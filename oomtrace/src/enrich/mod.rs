@@ -16,7 +16,7 @@ pub mod whodunit;
 
 use oomtrace_common::flags;
 
-use self::{cgroups::Cgroups, filter::Filter, oom_kill::OomKills, whodunit::Whodunit};
+use self::{cgroups::Cgroups, filter::Filter, kube::Kube, oom_kill::OomKills, whodunit::Whodunit};
 use crate::{
     event::{Attach, Cgroup, Event, MemcgOomEv},
     kernel::{memcg_watch::MemcgOom, record::Record},
@@ -40,6 +40,8 @@ pub struct Pipeline {
     /// signal_generate is attached, so the kernel side can tell a kill from a mark without one
     /// (`flags::KILLED`).
     kills_paired: bool,
+    /// Pods and containers of the cgroups, and which limit fired.
+    kube: Kube,
 }
 
 impl Pipeline {
@@ -49,6 +51,7 @@ impl Pipeline {
         filter: Filter,
         attach: Attach,
         kills_paired: bool,
+        kube: Kube,
     ) -> Self {
         Self {
             cgroups,
@@ -57,7 +60,18 @@ impl Pipeline {
             filter,
             attach,
             kills_paired,
+            kube,
         }
+    }
+
+    /// The pod and container of a cgroup path (for the metrics of memcg OOMs).
+    pub fn kubernetes(&mut self, path: Option<&str>) -> Option<crate::event::Kubernetes> {
+        self.kube.describe(path)
+    }
+
+    /// The name service, if names are looked up (for the metrics' expiry of gone pods).
+    pub fn name_service(&self) -> Option<&kube::names::NameService> {
+        self.kube.name_service()
     }
 
     /// Loads what the first records would otherwise wait for.
@@ -82,7 +96,8 @@ impl Pipeline {
                     );
                     return None;
                 }
-                let ev = self.kills.build(&rec, seq, self.attach, &mut self.cgroups);
+                let mut ev = self.kills.build(&rec, seq, self.attach, &mut self.cgroups);
+                self.kube.annotate(&mut ev);
                 self.whodunit.note_oom_kill(&ev, seq, rec.ts_boot_ns);
                 let keep = !f.active() || {
                     let oom_memcg = ev.oom_memcg.as_ref().map(|m| Cgroup {

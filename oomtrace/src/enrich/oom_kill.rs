@@ -208,6 +208,7 @@ impl OomKills {
             tid: t.tid,
             comm: comm(&t.comm),
             cgroup: cgroups.name(t.memcg_id, t.tgid),
+            kubernetes: None,
         };
         let allocation = self.allocation(rec, kernel_stack, user_stack, &mut inferred);
         let kill_id = self.kill_id(rec, seq, exact, group, oom_level.map_or(0, |i| levels[i].id));
@@ -303,6 +304,8 @@ impl OomKills {
                 limit_bytes: lvl.map(|l| l.max_pages.saturating_mul(page)),
                 usage_bytes: lvl.map(|l| l.usage_pages.saturating_mul(page)),
                 memory,
+                scope: None,
+                kubernetes: None,
             }
         });
         (memcg, constraint(e.constraint), Some(e.totalpages))
@@ -327,6 +330,8 @@ impl OomKills {
                     limit_bytes: Some(l.max_pages.saturating_mul(m.page_size)),
                     usage_bytes: Some(l.usage_pages.saturating_mul(m.page_size)),
                     memory,
+                    scope: None,
+                    kubernetes: None,
                 };
                 // mem_cgroup_get_max(): the limit plus the swap it may use (mm/memcontrol.c v6.18).
                 (
@@ -395,6 +400,8 @@ impl OomKills {
             cgroup,
             mm: mm.map(|m| victim_mm(m, full_mm, decaying.anon_thp_kb)),
             cgroup_memory: decaying.victim_memory.clone(),
+            // Filled by the pipeline (enrich::kube), which owns the name service.
+            kubernetes: None,
         }
     }
 

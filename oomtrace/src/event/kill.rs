@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::{Attach, Cgroup, Constraint, wire_enum};
+use super::{Attach, Cgroup, Constraint, Kubernetes, Scope, wire_enum};
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct OomKill {
@@ -39,6 +39,8 @@ pub struct Victim {
     pub mm: Option<VictimMm>,
     /// The victim's cgroup memory, when it is not the `oom_memcg` (e.g. a child of it).
     pub cgroup_memory: Option<Memory>,
+    /// The victim's pod and container, when its cgroup is one's.
+    pub kubernetes: Option<Kubernetes>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -63,6 +65,8 @@ pub struct Trigger {
     pub tid: u32,
     pub comm: String,
     pub cgroup: Option<Cgroup>,
+    /// The trigger's pod and container, when its cgroup is one's.
+    pub kubernetes: Option<Kubernetes>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -75,6 +79,10 @@ pub struct OomMemcg {
     pub usage_bytes: Option<u64>,
     /// The cgroup's memory at the kill: page counters from the kernel, `memory.stat` from cgroupfs.
     pub memory: Option<Memory>,
+    /// Which limit fired, from the path's place in kubelet's cgroup tree.
+    pub scope: Option<Scope>,
+    /// The pod and container whose limit fired, when the memcg is one's.
+    pub kubernetes: Option<Kubernetes>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

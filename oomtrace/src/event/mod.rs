@@ -5,10 +5,12 @@ use serde::Serialize;
 
 mod control;
 mod kill;
+mod kube;
 mod whodunit;
 
 pub use control::*;
 pub use kill::*;
+pub use kube::*;
 pub use whodunit::*;
 
 /// Bumped only if a field ever changes meaning (it never should; additions keep the version).

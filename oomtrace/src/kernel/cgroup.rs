@@ -100,11 +100,16 @@ pub fn path_from_proc(text: &str, version: u8) -> Option<String> {
 pub struct Resolver {
     h: Option<Hierarchy>,
     cache: HashMap<u64, String>,
-    last_walk: Option<Instant>,
+    /// Ids a walk did not find, and when: not walked for again within [`WALK_INTERVAL`].
+    missed: HashMap<u64, Instant>,
 }
 
-/// Don't re-walk a large hierarchy more often than this for ids that are not there any more.
+/// Don't re-walk a large hierarchy more often than this for an id that is not there any more.
+/// A new id is walked for at once: a container's cgroup can be created and OOM-killed within
+/// milliseconds (a pod whose process allocates at start), and its kill must still be named.
 const WALK_INTERVAL: Duration = Duration::from_millis(200);
+/// Bound on the ids remembered as missed.
+const MISSED_MAX: usize = 4096;
 
 impl Resolver {
     pub fn version(&self) -> Option<u8> {
@@ -115,7 +120,7 @@ impl Resolver {
         Self {
             h,
             cache: HashMap::new(),
-            last_walk: None,
+            missed: HashMap::new(),
         }
     }
 
@@ -146,16 +151,22 @@ impl Resolver {
         if let Some(p) = self.cache.get(&id) {
             return Some(p.clone());
         }
-        if self.last_walk.is_some_and(|t| t.elapsed() < WALK_INTERVAL) {
+        if self.missed.get(&id).is_some_and(|t| t.elapsed() < WALK_INTERVAL) {
             return None;
         }
         self.walk();
-        self.cache.get(&id).cloned()
+        let found = self.cache.get(&id).cloned();
+        if found.is_none() {
+            if self.missed.len() >= MISSED_MAX {
+                self.missed.clear();
+            }
+            self.missed.insert(id, Instant::now());
+        }
+        found
     }
 
     /// Rebuilds the cache from the whole hierarchy.
     pub fn walk(&mut self) {
-        self.last_walk = Some(Instant::now());
         let Some(h) = self.h.clone() else { return };
         let root = if h.root == "/" {
             String::new()
@@ -239,5 +250,8 @@ mod tests {
         assert_eq!(r.path(id(".")).as_deref(), Some("/"));
         assert_eq!(r.path(0), None);
         assert_eq!(r.path(u64::MAX), None); // and does not re-walk right away
+        // A cgroup made right after a walk is found at once (not 200 ms later).
+        fs::create_dir_all(tmp.path().join("a/new")).unwrap();
+        assert_eq!(r.path(id("a/new")).as_deref(), Some("/a/new"));
     }
 }

@@ -27,7 +27,7 @@ use tokio::{
     task::JoinHandle,
 };
 
-use crate::enrich::kube::{CgroupIdentity, Scope, names::Names};
+use crate::event::{Constraint, Kubernetes, OomKill, Scope};
 
 /// The labels of a kill (and of a memcg OOM without one). Empty values mean "not known" or "not
 /// Kubernetes"; Prometheus treats an empty label as an absent one.
@@ -43,17 +43,16 @@ pub struct KillLabels {
 }
 
 impl KillLabels {
-    /// The labels of an OOM: the victim's cgroup identity and names (from
-    /// [`crate::enrich::kube`]) and the scope of the OOM's memcg ([`Scope::of_oom`]).
-    pub fn new(scope: Scope, victim: &CgroupIdentity, names: Option<&Names>) -> Self {
+    /// The labels of an OOM: which limit fired and the victim's pod and container (the
+    /// `victim.kubernetes` object of its `oom_kill` record).
+    pub fn new(scope: Scope, victim: Option<&Kubernetes>) -> Self {
+        let text = |f: fn(&Kubernetes) -> Option<&String>| victim.and_then(f).cloned().unwrap_or_default();
         Self {
-            namespace: names.map(|n| n.namespace.clone()).unwrap_or_default(),
-            pod: names.map(|n| n.pod.clone()).unwrap_or_default(),
-            container: names.and_then(|n| n.container.clone()).unwrap_or_default(),
+            namespace: text(|k| k.namespace.as_ref()),
+            pod: text(|k| k.pod.as_ref()),
+            container: text(|k| k.container.as_ref()),
             qos: victim
-                .pod
-                .as_ref()
-                .and_then(|p| p.qos)
+                .and_then(|k| k.qos)
                 .map(|q| q.as_str().to_owned())
                 .unwrap_or_default(),
             scope: scope.as_str().to_owned(),
@@ -68,6 +67,19 @@ impl KillLabels {
             scope: self.scope.clone(),
             ..Self::default()
         }
+    }
+}
+
+/// Which limit an `oom_kill` record's OOM hit: `oom_memcg.scope`, or `global` without a memcg
+/// (`other` for cpuset / mempolicy OOMs and memcgs without a known path).
+pub fn scope_of_kill(k: &OomKill) -> Scope {
+    match &k.oom_memcg {
+        Some(m) => m
+            .scope
+            .or_else(|| m.path.as_deref().map(Scope::of_memcg))
+            .unwrap_or(Scope::Other),
+        None if k.constraint == Constraint::Global => Scope::Global,
+        None => Scope::Other,
     }
 }
 
@@ -395,7 +407,7 @@ mod tests {
     use std::process::Command;
 
     use super::*;
-    use crate::enrich::kube::{Runtime, names::NameSource};
+    use crate::event::{NameSource, QosClass, Runtime};
 
     const UID: &str = "6a3c2b1e-9f4d-4c2a-8e7b-1d2c3b4a5f60";
     const ID: &str = "3f1c9e7a5b2d4c6e8f0a1b3c5d7e9f1a2b4c6d8e0f1a3b5c7d9e1f2a4b6c8d0e";
@@ -417,17 +429,19 @@ mod tests {
     }
 
     #[test]
-    fn labels_from_identity_and_names() {
-        let id = CgroupIdentity::parse(&format!("/kubepods/burstable/pod{UID}/{ID}"));
-        let names = Names {
-            namespace: "shop".into(),
-            pod: "web-0".into(),
+    fn labels_from_the_victims_kubernetes_object() {
+        let k = Kubernetes {
+            namespace: Some("shop".into()),
+            pod: Some("web-0".into()),
+            pod_uid: Some(UID.into()),
+            qos: Some(QosClass::Burstable),
             container: Some("nginx".into()),
+            container_id: Some(ID.into()),
             image: Some("nginx:1.27".into()),
             runtime: Some(Runtime::Containerd),
-            source: NameSource::Cri,
+            names_source: Some(NameSource::Cri),
         };
-        let l = KillLabels::new(Scope::Pod, &id, Some(&names));
+        let l = KillLabels::new(Scope::Pod, Some(&k));
         assert_eq!(
             l,
             KillLabels {
@@ -438,7 +452,7 @@ mod tests {
                 scope: "pod".into(),
             }
         );
-        let plain = KillLabels::new(Scope::Global, &CgroupIdentity::parse("/user.slice"), None);
+        let plain = KillLabels::new(Scope::Global, None);
         assert_eq!(plain.scope, "global");
         assert_eq!((plain.pod.as_str(), plain.qos.as_str()), ("", ""));
     }

@@ -11,7 +11,7 @@
 use std::{
     collections::HashMap,
     path::PathBuf,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Condvar, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
@@ -27,24 +27,7 @@ use super::{
     pod_logs::{LogSnapshot, PodLogs},
 };
 
-/// Where a record's names came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NameSource {
-    /// The container runtime's CRI socket.
-    Cri,
-    /// kubelet's `/var/log/pods` and `/var/log/containers` (no image there).
-    PodLogs,
-}
-
-impl NameSource {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Cri => "cri",
-            Self::PodLogs => "pod_logs",
-        }
-    }
-}
+pub use crate::event::NameSource;
 
 /// The names of a pod and, when the cgroup was a container's, of the container.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -217,6 +200,13 @@ impl Directory {
         self.pods.contains_key(uid)
     }
 
+    /// Whether a pod of that namespace and name is listed (or was, less than `keep` ago).
+    pub fn knows_pod_named(&self, namespace: &str, name: &str) -> bool {
+        self.pods
+            .values()
+            .any(|p| p.namespace == namespace && p.name == name)
+    }
+
     /// The names for a cgroup's pod UID and container ID (either may be unknown).
     pub fn lookup(&self, pod_uid: Option<&str>, container_id: Option<&str>) -> Option<Names> {
         if let Some(c) = container_id.and_then(|id| self.containers.get(id)) {
@@ -297,6 +287,9 @@ struct Shared {
     status: Mutex<Status>,
     nudge: Notify,
     refreshed: watch::Sender<u64>,
+    /// The same refresh count for threads outside the runtime ([`NameService::resolve_blocking`]).
+    generation: Mutex<u64>,
+    generation_cv: Condvar,
 }
 
 struct Task(JoinHandle<()>);
@@ -329,6 +322,8 @@ impl NameService {
             status: Mutex::new(Status::default()),
             nudge: Notify::new(),
             refreshed,
+            generation: Mutex::new(0),
+            generation_cv: Condvar::new(),
         });
         let task = tokio::spawn(refresh_loop(cfg, Arc::downgrade(&shared)));
         Self {
@@ -358,10 +353,35 @@ impl NameService {
         self.lookup(id)
     }
 
+    /// [`Self::resolve`] for a thread outside the tokio runtime (the pipeline thread): blocks it
+    /// for at most `wait`.
+    pub fn resolve_blocking(&self, id: &CgroupIdentity, wait: Duration) -> Option<Names> {
+        if let Some(n) = self.lookup(id) {
+            return Some(n);
+        }
+        if id.pod.is_none() && id.container.is_none() {
+            return None;
+        }
+        let seen = *lock(&self.shared.generation);
+        self.shared.nudge.notify_one();
+        let guard = lock(&self.shared.generation);
+        let _unused = self
+            .shared
+            .generation_cv
+            .wait_timeout_while(guard, wait, |g| *g == seen)
+            .unwrap_or_else(|e| e.into_inner());
+        self.lookup(id)
+    }
+
     /// Whether a pod is still listed (or was, less than [`Config::keep`] ago): metrics of pods
     /// that are gone can be expired.
     pub fn knows_pod(&self, uid: &str) -> bool {
         lock(&self.shared.dir).knows_pod(uid)
+    }
+
+    /// [`Self::knows_pod`] by namespace and name, as metrics labels carry them.
+    pub fn knows_pod_named(&self, namespace: &str, name: &str) -> bool {
+        lock(&self.shared.dir).knows_pod_named(namespace, name)
     }
 
     pub fn status(&self) -> Status {
@@ -452,6 +472,8 @@ async fn refresh_loop(cfg: Config, shared: std::sync::Weak<Shared>) {
             }
         }
         sh.refreshed.send_replace(generation);
+        *lock(&sh.generation) = generation;
+        sh.generation_cv.notify_all();
         let started = Instant::now();
         nudged = tokio::select! {
             () = tokio::time::sleep(cfg.refresh) => false,
