@@ -707,6 +707,146 @@ impl StackConfig {
     };
 }
 
+/// CPython offsets the frame walker reads with, per interpreter (from its `_Py_DebugOffsets`, 3.13+,
+/// or oomtrace's table checked against each version's headers). [`ABSENT`] where the version has
+/// no such field. All in bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PyOffsets {
+    /// PY_VERSION_HEX of the interpreter.
+    pub version_hex: u32,
+    pub runtime_interpreters_head: u32,
+    /// `_PyRuntime.gilstate.tstate_current` (3.10, 3.11): the thread holding the GIL.
+    pub runtime_tstate_current: u32,
+    pub interp_threads_head: u32,
+    /// `interp->ceval.gil` (3.12+), and in `struct _gil_runtime_state`: `locked`, `last_holder`.
+    pub interp_gil: u32,
+    pub gil_locked: u32,
+    pub gil_holder: u32,
+    pub tstate_next: u32,
+    /// `thread_id`: pthread_self() of the thread (its fs base on x86_64 glibc).
+    pub tstate_thread_id: u32,
+    /// `native_thread_id` (3.11+): the kernel's thread id.
+    pub tstate_native_thread_id: u32,
+    /// 3.10 `frame`, 3.11/3.12 `cframe` (then [`Self::cframe_current_frame`]), 3.13 `current_frame`.
+    pub tstate_frame: u32,
+    pub cframe_current_frame: u32,
+    pub frame_previous: u32,
+    /// `f_code` (3.10-3.12) or `f_executable` (3.13).
+    pub frame_code: u32,
+    /// 3.10 `f_lasti` (int, code units), 3.11/3.12 `prev_instr`, 3.13 `instr_ptr` (pointers).
+    pub frame_instr: u32,
+    /// `owner` (3.11+; FRAME_OWNED_BY_CSTACK = 3 marks the C stack's entry shim, 3.12+).
+    pub frame_owner: u32,
+    /// `is_entry` (3.11 only): the first frame a `_PyEval_EvalFrameDefault` call pushed.
+    pub frame_is_entry: u32,
+    pub code_filename: u32,
+    /// `co_qualname` (3.11+) or `co_name` (3.10).
+    pub code_name: u32,
+    pub code_firstlineno: u32,
+    pub code_linetable: u32,
+    /// `co_code_adaptive` (3.11+): where the bytecode starts inside the code object.
+    pub code_adaptive: u32,
+    pub unicode_state: u32,
+    pub unicode_length: u32,
+    pub unicode_ascii_size: u32,
+    pub unicode_compact_size: u32,
+    pub bytes_size: u32,
+    pub bytes_sval: u32,
+}
+const _: () = assert!(size_of::<PyOffsets>() == 28 * 4);
+
+/// A Python process the walker knows: where its `_PyRuntime` is and how to read it. The loader
+/// fills one per process (map `PY_PROCS`, keyed by tgid) when it snapshots the process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PyProc {
+    pub runtime_addr: u64,
+    pub off: PyOffsets,
+}
+const _: () = assert!(size_of::<PyProc>() == 8 + 28 * 4);
+
+/// Bytes kept of a frame's qualified name (its start), file name (its end) and line table (its
+/// start: the line of an instruction past it is unknown).
+pub const PY_NAME_LEN: usize = 64;
+pub const PY_FILE_LEN: usize = 128;
+pub const PY_LINETABLE_LEN: usize = 256;
+/// Python frames copied per thread, innermost first.
+pub const PY_FRAMES: usize = 32;
+
+/// [`PyFrame::flags`] bits.
+pub mod py_frame {
+    /// The C stack's entry shim (3.12+), not Python code: marks where a `_PyEval_EvalFrameDefault`
+    /// call began.
+    pub const SHIM: u16 = 1 << 0;
+    /// `is_entry` (3.11): this frame is the first of a `_PyEval_EvalFrameDefault` call.
+    pub const ENTRY: u16 = 1 << 1;
+    /// The name or file was not a compact ASCII/latin-1 string and is left empty.
+    pub const NON_ASCII: u16 = 1 << 2;
+}
+
+/// One Python frame as copied at the OOM: the code object's identity and what names it (the code
+/// object dies with the process).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PyFrame {
+    pub code: u64,
+    /// The raw instruction field ([`PyOffsets::frame_instr`]).
+    pub instr: u64,
+    pub first_line: i32,
+    /// [`py_frame`] bits.
+    pub flags: u16,
+    pub name_len: u16,
+    pub file_len: u16,
+    pub linetable_len: u16,
+    /// Full lengths, to tell a cut name, file or line table.
+    pub file_full_len: u32,
+    pub linetable_full_len: u32,
+    pub _pad: u32,
+    pub name: [u8; PY_NAME_LEN],
+    pub file: [u8; PY_FILE_LEN],
+    pub linetable: [u8; PY_LINETABLE_LEN],
+}
+const _: () = assert!(size_of::<PyFrame>() == 40 + PY_NAME_LEN + PY_FILE_LEN + PY_LINETABLE_LEN);
+
+/// [`PyStackHeader::flags`] bits.
+pub mod py_thread {
+    /// This thread is the OOM's trigger.
+    pub const TRIGGER: u8 = 1 << 0;
+    /// This thread held the GIL at the OOM.
+    pub const GIL: u8 = 1 << 1;
+    /// More than [`super::PY_FRAMES`] frames: the outer ones are missing.
+    pub const TRUNCATED: u8 = 1 << 2;
+}
+
+/// Header of a [`RecordKind::PyStack`] record, followed by `nframes` [`PyFrame`]s. Sent before the
+/// `OomKill` record it belongs to (same `ts_boot_ns` and `trigger_tid`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyStackHeader {
+    /// [`RecordKind::PyStack`].
+    pub kind: u8,
+    /// [`py_thread`] bits.
+    pub flags: u8,
+    pub _pad0: [u8; 2],
+    pub trigger_tid: u32,
+    pub ts_boot_ns: u64,
+    /// The thread's kernel id (`native_thread_id`; 0 on 3.10 unless it is the trigger).
+    pub tid: u32,
+    pub nframes: u32,
+    pub version_hex: u32,
+    pub _pad1: u32,
+}
+const _: () = assert!(size_of::<PyStackHeader>() == 32);
+
+/// The eBPF side's scratch for one thread's frames (a per-CPU slot).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PyStackScratch {
+    pub hdr: PyStackHeader,
+    pub frames: [PyFrame; PY_FRAMES],
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are `#[repr(C)]`, made only of integers and arrays of integers, with every
@@ -718,6 +858,7 @@ mod pod {
     unsafe impl aya::Pod for super::Exit {}
     unsafe impl aya::Pod for super::Reap {}
     unsafe impl aya::Pod for super::StackConfig {}
+    unsafe impl aya::Pod for super::PyProc {}
 }
 
 #[cfg(test)]

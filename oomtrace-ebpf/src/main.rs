@@ -4,6 +4,7 @@
 //! - `reaper.rs`: the OOM reaper's progress on each victim.
 //! - `reclaim.rs`: the trigger's latest reclaim attempt, for gfp/order on tracepoint-only kernels.
 //! - `whodunit.rs`: every SIGKILL generated and every process that died of one.
+//! - `python.rs`: CPython frames of the trigger's and the GIL holder's threads at the OOM.
 //! - `stackcopy.rs`: the trigger's user registers and stack copy at the OOM; process notifications.
 //! - `tgids.rs`: thread id → process id for the classic tracepoints that only name a thread.
 //! - `kernel.rs`: reading kernel structs at offsets the loader resolved from BTF.
@@ -15,6 +16,8 @@
 mod kernel;
 mod mark_victim;
 mod oom_control;
+#[expect(dead_code, reason = "called from mark_victim once it is wired in (issue 12)")]
+mod python;
 mod reaper;
 mod reclaim;
 #[expect(

@@ -37,6 +37,18 @@ macro_rules! scfg {
     };
 }
 
+/// Whether the loader asked for Python frames.
+#[inline(always)]
+pub fn python_enabled() -> bool {
+    scfg!(python) != 0
+}
+
+/// `task_struct.thread.fsbase`, [`oomtrace_common::ABSENT`] if unknown.
+#[inline(always)]
+pub fn task_fsbase_off() -> u32 {
+    scfg!(task_fsbase)
+}
+
 /// One scratch record per CPU, indexed by CPU id. Not a per-CPU map: a per-CPU value may not
 /// exceed PCPU_MIN_UNIT_SIZE (32 KiB, kernel/bpf/arraymap.c array_map_alloc_check() v6.18), and
 /// the copy is 32 KiB plus its header. Tracepoints run with preemption disabled

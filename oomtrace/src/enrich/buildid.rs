@@ -454,6 +454,9 @@ pub fn kernel_key(id: &[u8]) -> Option<[u8; KERNEL_BUILD_ID_LEN]> {
     Some(key)
 }
 
+/// Called with each snapshot the snapshot thread takes.
+pub type OnSnapshot = Box<dyn FnMut(&ProcMaps) + Send>;
+
 /// Takes snapshots on a thread of its own; requests never wait.
 pub struct Snapshotter {
     tx: mpsc::SyncSender<Request>,
@@ -476,12 +479,18 @@ impl Snapshotter {
     /// Starts the thread. With `scan_all` it also snapshots every running process, between
     /// requests (a request, a process about to OOM, goes first).
     pub fn spawn(cache: Arc<ModuleCache>, scan_all: bool) -> io::Result<Self> {
+        Self::spawn_with(cache, scan_all, Box::new(|_| {}))
+    }
+
+    /// Like [`Snapshotter::spawn`], calling `hook` with every snapshot taken (on the snapshot
+    /// thread), e.g. to tell the kernel where a Python interpreter's state is.
+    pub fn spawn_with(cache: Arc<ModuleCache>, scan_all: bool, mut hook: OnSnapshot) -> io::Result<Self> {
         raise_nofile_limit();
         let (tx, rx) = mpsc::sync_channel::<Request>(MAX_PENDING);
         let c = cache.clone();
         thread::Builder::new()
             .name("oomtrace-snapshot".into())
-            .spawn(move || snapshot_loop(&c, &rx, scan_all))?;
+            .spawn(move || snapshot_loop(&c, &rx, scan_all, &mut hook))?;
         Ok(Self { tx, cache })
     }
 
@@ -508,7 +517,7 @@ impl Snapshotter {
     }
 }
 
-fn snapshot_loop(c: &ModuleCache, rx: &mpsc::Receiver<Request>, scan_all: bool) {
+fn snapshot_loop(c: &ModuleCache, rx: &mpsc::Receiver<Request>, scan_all: bool, hook: &mut OnSnapshot) {
     use std::time::Instant;
     let mut scan: Vec<u32> = if scan_all {
         let me = std::process::id();
@@ -524,9 +533,18 @@ fn snapshot_loop(c: &ModuleCache, rx: &mpsc::Receiver<Request>, scan_all: bool) 
     };
     let started = Instant::now();
     let mut again: VecDeque<(Instant, Request)> = VecDeque::new();
-    let take = |r: Request| {
-        if let Err(e) = c.snapshot(r.tgid, Some(r.mm)) {
-            log::debug!("snapshot of {}: {e}", r.tgid);
+    // The newest image the kernel named for each process: a request for an older one (a shell
+    // that exec'd the real program since) must not label a snapshot of the newer image.
+    let mut latest: HashMap<u32, u64> = HashMap::new();
+    let mut take = |tgid: u32, mm: Option<u64>, latest: &HashMap<u32, u64>| {
+        if let Some(mm) = mm
+            && latest.get(&tgid).is_some_and(|&l| l != mm)
+        {
+            return;
+        }
+        match c.snapshot(tgid, mm) {
+            Ok(maps) => hook(&maps),
+            Err(e) => log::debug!("snapshot of {tgid}: {e}"),
         }
     };
     loop {
@@ -538,7 +556,11 @@ fn snapshot_loop(c: &ModuleCache, rx: &mpsc::Receiver<Request>, scan_all: bool) 
         };
         match rx.recv_timeout(wait) {
             Ok(r) => {
-                take(r);
+                if latest.len() >= MAX_PROCS {
+                    latest.clear();
+                }
+                latest.insert(r.tgid, r.mm);
+                take(r.tgid, Some(r.mm), &latest);
                 if r.exec && again.len() < MAX_PENDING {
                     again.push_back((Instant::now() + AFTER_EXEC, r));
                 }
@@ -551,11 +573,11 @@ fn snapshot_loop(c: &ModuleCache, rx: &mpsc::Receiver<Request>, scan_all: bool) 
             && due <= Instant::now()
         {
             again.pop_front();
-            take(r);
+            take(r.tgid, Some(r.mm), &latest);
             continue;
         }
         if let Some(pid) = scan.pop() {
-            let _ = c.snapshot(pid, None);
+            take(pid, None, &latest);
             if scan.is_empty() {
                 log::debug!(
                     "start-up snapshot of running processes took {:?}",

@@ -10,6 +10,7 @@ pub mod filter;
 pub mod kube;
 pub mod memstat;
 pub mod oom_kill;
+pub mod python;
 pub mod unwind;
 pub mod ustack;
 pub mod whodunit;

@@ -52,6 +52,7 @@ use oomtrace_common::{
 };
 
 use super::buildid::{FileId, KERNEL_BUILD_ID_LEN, ModuleCache, ProcMaps, Snapshotter, kernel_key};
+use super::python::PyStackRec;
 use super::unwind::{self, End, StackCopyRec};
 use crate::event::{self, UnwinderKind, UserFrame, UserStack};
 
@@ -96,6 +97,7 @@ impl Work {
                 module: None,
                 module_offset: None,
                 build_id: None,
+                python: None,
             },
             adjust: u64::from(index > 0),
             lookup: None,
@@ -138,6 +140,8 @@ pub struct UserSymbolizer {
     snapshots: Option<Arc<Snapshotter>>,
     /// Stack copies waiting for their `oom_kill` record (which follows each at once).
     copies: VecDeque<StackCopyRec>,
+    /// Python stacks waiting for their `oom_kill` record, likewise.
+    py: VecDeque<PyStackRec>,
 }
 
 /// Stack copies kept waiting for their `oom_kill` record: it comes right after its copy, so more
@@ -162,6 +166,7 @@ impl UserSymbolizer {
             cache: None,
             snapshots: None,
             copies: VecDeque::new(),
+            py: VecDeque::new(),
         }
     }
 
@@ -181,6 +186,14 @@ impl UserSymbolizer {
         self.copies.push_back(copy);
     }
 
+    /// One thread's Python frames, for the `oom_kill` record that follows them.
+    pub fn note_py(&mut self, py: PyStackRec) {
+        if self.py.len() >= 2 * MAX_WAITING_COPIES {
+            self.py.pop_front();
+        }
+        self.py.push_back(py);
+    }
+
     /// The trigger's user stack of one `oom_kill` record: its stack copy (sent just before it, same
     /// timestamp and trigger thread) unwound with DWARF, cross-checked with the kernel's
     /// frame-pointer walk; the frame-pointer walk alone without a copy.
@@ -196,7 +209,7 @@ impl UserSymbolizer {
                 self.copies.pop_front()
             });
         let lost = copy.is_none() && rec.flags & flags::STACK_COPY != 0;
-        self.symbolize_copy(
+        let mut st = self.symbolize_copy(
             rec.trigger.tgid,
             rec.ustack_bytes,
             &rec.ustack,
@@ -204,7 +217,26 @@ impl UserSymbolizer {
             &rec.ubuild,
             copy.as_ref(),
             lost,
-        )
+        )?;
+        // Python stacks of this kill; older ones lost their record.
+        let mine = |p: &PyStackRec| p.hdr.trigger_tid == tid && p.hdr.ts_boot_ns == ts;
+        if let Some(first) = self.py.iter().position(mine) {
+            self.py.drain(..first);
+        }
+        let mut threads = Vec::new();
+        while self.py.front().is_some_and(mine) {
+            if let Some(p) = self.py.pop_front() {
+                threads.push(p.to_event());
+            }
+        }
+        if threads.is_empty() && rec.flags & flags::PY_STACKS != 0 {
+            push_note(&mut st, "the Python stacks were lost (ring buffer full)");
+        }
+        if let Some(t) = threads.iter().find(|t| t.trigger) {
+            interleave(&mut st.frames, t);
+        }
+        st.python_stacks = (!threads.is_empty()).then_some(threads);
+        Some(st)
     }
 
     /// Also names frames from the files and mappings `cache` keeps of processes seen alive.
@@ -310,6 +342,7 @@ impl UserSymbolizer {
             unwinder: UnwinderKind::FramePointer,
             frame_pointer_depth: None,
             frame_pointer_common_frames: None,
+            python_stacks: None,
         })
     }
 
@@ -422,6 +455,7 @@ impl UserSymbolizer {
             unwinder: UnwinderKind::Dwarf,
             frame_pointer_depth: fp_depth,
             frame_pointer_common_frames: common,
+            python_stacks: None,
         })
     }
 
@@ -781,6 +815,21 @@ fn lines_up(ips: &[u64], kframes: &[BuildIdFrame]) -> bool {
             BUILD_ID_IP => ip == k.offset_or_ip,
             _ => true,
         })
+}
+
+/// The interpreter's `_PyEval_EvalFrameDefault` calls on the native stack, innermost first, each
+/// get the Python frames that call was running (the k-th call, the k-th run of frames).
+fn interleave(frames: &mut [UserFrame], t: &event::PyThread) {
+    let mut groups = t.eval_groups.iter();
+    let mut at = 0;
+    for f in frames.iter_mut() {
+        if f.function.as_deref() != Some("_PyEval_EvalFrameDefault") {
+            continue;
+        }
+        let Some(&n) = groups.next() else { break };
+        f.python = Some(t.frames[at..(at + n).min(t.frames.len())].to_vec());
+        at += n;
+    }
 }
 
 fn push_note(st: &mut UserStack, note: &str) {

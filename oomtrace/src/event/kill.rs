@@ -170,6 +170,38 @@ pub struct UserStack {
     /// `frame_pointer` stack, or when that walk captured nothing.
     pub frame_pointer_depth: Option<usize>,
     pub frame_pointer_common_frames: Option<usize>,
+    /// The Python stacks of the trigger's thread and of the thread holding the GIL, when the
+    /// trigger is a CPython 3.10-3.13 process; null otherwise.
+    pub python_stacks: Option<Vec<PyThread>>,
+}
+
+/// One Python frame in the stream.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PythonFrame {
+    /// The code object's qualified name (3.11+; its name on 3.10).
+    pub function: Option<String>,
+    pub file: Option<String>,
+    /// The line being run; null when the copied line table did not reach the instruction.
+    pub line: Option<u32>,
+    pub first_line: Option<u32>,
+}
+
+/// One thread's Python stack.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PyThread {
+    /// Kernel thread id (null on 3.10 for a thread other than the trigger).
+    pub tid: Option<u32>,
+    pub trigger: bool,
+    pub holds_gil: bool,
+    /// "3.12.1".
+    pub version: String,
+    pub truncated: bool,
+    /// Innermost first.
+    pub frames: Vec<PythonFrame>,
+    /// How many frames each `_PyEval_EvalFrameDefault` call ran, innermost first (for
+    /// interleaving with the native stack).
+    #[serde(skip)]
+    pub eval_groups: Vec<usize>,
 }
 
 /// One user frame.
@@ -193,6 +225,9 @@ pub struct UserFrame {
     /// Lowercase hex. From the kernel's capture alone, it is the kernel's 20-byte field (a shorter
     /// id is followed by zeros).
     pub build_id: Option<String>,
+    /// On a frame of the interpreter's `_PyEval_EvalFrameDefault`: the Python frames that call
+    /// was running, innermost first (from the trigger thread's `python_stacks` entry).
+    pub python: Option<Vec<PythonFrame>>,
 }
 
 wire_enum! {
