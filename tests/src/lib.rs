@@ -5,7 +5,10 @@
 use std::{
     fs,
     io::{BufRead, BufReader},
-    os::fd::AsRawFd,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::process::{CommandExt, ExitStatusExt},
+    },
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::{
@@ -388,6 +391,21 @@ impl Tracer {
         None
     }
 
+    /// Waits until `cond` holds for the lines seen so far (or the timeout passes); returns
+    /// whether it held.
+    pub fn wait_lines(&mut self, timeout: Duration, cond: impl Fn(&[Value]) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if cond(&self.seen) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            self.pump(Duration::from_millis(50));
+        }
+    }
+
     /// Waits until `n` lines match `pred` (or the timeout passes); returns how many did.
     pub fn wait_count(&mut self, n: usize, timeout: Duration, pred: impl Fn(&Value) -> bool) -> usize {
         let deadline = Instant::now() + timeout;
@@ -402,6 +420,34 @@ impl Tracer {
 
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
+    }
+
+    /// Waits until oomtrace has written the lines of every ring-buffer record (`oom_kill`,
+    /// `signal`, `exit`) the kernel made before this call: SIGKILLs a process of its own and waits
+    /// for that signal's line. The ring buffer hands records over in the order the hooks reserved
+    /// them and the lines keep that order (docs/events.md, "Ordering"), so whatever came before
+    /// is out too. Lets a test check that something did *not* happen without sleeping. Returns
+    /// false, having waited for nothing, when the signal hook is not attached; not for a run
+    /// with `--pid` (its kernel program drops the signal).
+    pub fn fence(&mut self) -> bool {
+        if self
+            .seen
+            .first()
+            .is_none_or(|s| s["attach"]["signal_generate"].is_null())
+        {
+            return false;
+        }
+        let mut c = spawn_hog_ready(&["--mb", "0", "--hold"]);
+        let tid = c.id();
+        let _ = c.kill();
+        let _ = c.wait();
+        // The thread id: a classic-tracepoint record without the tid map has no pid once the
+        // process is gone.
+        let seen = self.wait_for(Duration::from_secs(10), |v| {
+            v["type"] == "signal" && v["sig"] == 9 && v["target"]["tid"] == tid
+        });
+        assert!(seen.is_some(), "the fence's SIGKILL to {tid} never came out");
+        true
     }
 
     /// Stops reading oomtrace's stdout: once the pipe is full, its writes block.
@@ -771,13 +817,182 @@ pub fn oom_report_stats(path: &str) -> Option<std::collections::HashMap<String, 
     Some(out)
 }
 
-/// Waits until `path` exists (a hog's --ready file).
-pub fn wait_ready(path: &str) -> bool {
-    for _ in 0..1000 {
-        if Path::new(path).exists() {
+/// Polls `cond` every 10 ms until it holds or `timeout` has passed; returns whether it held.
+/// For conditions that nothing signals (a file's content, a cgroup counter): where a child or
+/// oomtrace can say it is ready, wait for that instead ([`spawn_hog_ready`], [`Tracer::wait_for`],
+/// [`wait_dead_unreaped`]).
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
             return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
         }
         thread::sleep(Duration::from_millis(10));
     }
-    false
+}
+
+/// Waits (at most 10 s) until `path` exists (a hog's --ready file).
+pub fn wait_ready(path: &str) -> bool {
+    wait_until(Duration::from_secs(10), || Path::new(path).exists())
+}
+
+/// How a child started with a ready pipe ([`spawn_ready`]) ended its wait.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ready {
+    /// It wrote its `ready` line.
+    Ready,
+    /// The pipe closed first: the child exited (or was killed) before it got ready.
+    Died,
+    /// Neither within the timeout.
+    Timeout,
+}
+
+/// The fd number a ready pipe has in the child (`--ready-fd 3`).
+const READY_FD: i32 = 3;
+
+/// Spawns `cmd` with the write end of a fresh pipe as fd 3 (append `--ready-fd 3` to its
+/// arguments yourself), and waits at most `timeout` for the `ready` line on it. The pipe is
+/// CLOEXEC in this process, so children other threads spawn meanwhile do not keep it open, and
+/// the child's death shows at once as EOF.
+pub fn spawn_ready(cmd: &mut Command, timeout: Duration) -> (Child, Ready) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new fds into the array.
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(rc, 0, "pipe2: {}", std::io::Error::last_os_error());
+    // SAFETY: both fds are new and owned by nobody else.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let wfd = w.as_raw_fd();
+    // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl) on the child's own
+    // fd table. dup2 gives fd 3 without CLOEXEC; if the pipe already is fd 3, clear the flag.
+    unsafe {
+        cmd.pre_exec(move || {
+            let rc = if wfd == READY_FD {
+                libc::fcntl(wfd, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(wfd, READY_FD)
+            };
+            if rc < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    let child = cmd.spawn().expect("spawn with a ready pipe");
+    drop(w);
+    let deadline = Instant::now() + timeout;
+    let mut got = Vec::new();
+    let ready = loop {
+        if got.windows(6).any(|w| w == b"ready\n") {
+            break Ready::Ready;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break Ready::Timeout;
+        }
+        let mut pfd = libc::pollfd {
+            fd: r.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "poll: {e}");
+            continue;
+        }
+        if n == 0 {
+            continue;
+        }
+        let mut buf = [0u8; 64];
+        // SAFETY: reading into our own buffer from our own fd.
+        let n = unsafe { libc::read(r.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        match n {
+            0 => break Ready::Died,
+            n if n > 0 => got.extend_from_slice(&buf[..n as usize]),
+            _ => {
+                let e = std::io::Error::last_os_error();
+                assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "read: {e}");
+            }
+        }
+    };
+    (child, ready)
+}
+
+/// Spawns the hog with `args` plus `--ready-fd`, and returns once it holds its memory (`--mb`;
+/// add `--hold` to keep it there). Panics if it dies first or takes more than 20 s.
+pub fn spawn_hog_ready(args: &[&str]) -> Child {
+    let mut cmd = Command::new(bin("oomtrace-hog"));
+    cmd.args(args).args(["--ready-fd", "3"]);
+    let (mut child, ready) = spawn_ready(&mut cmd, Duration::from_secs(20));
+    if ready != Ready::Ready {
+        let _ = child.kill();
+        let status = child.wait();
+        panic!("oomtrace-hog {args:?} never got ready: {ready:?} ({status:?})");
+    }
+    child
+}
+
+/// Blocks until `child` has terminated, without reaping it (waitid with WNOWAIT): it stays a
+/// zombie, so its `/proc/<pid>` (status: the tgid; cgroup) is there until `Child::wait` reaps it.
+/// oomtrace's procfs fallbacks read those after a kill; a test that keeps the zombie while
+/// oomtrace handles the record knows they were there to be read.
+pub fn wait_dead_unreaped(child: &Child) -> ExitStatus {
+    // SAFETY: an all-zero siginfo_t is valid; waitid fills it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: waitid(2) on our own child, with a valid out-pointer.
+        let rc = unsafe { libc::waitid(libc::P_PID, child.id(), &mut info, libc::WEXITED | libc::WNOWAIT) };
+        if rc == 0 {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "waitid: {e}");
+    }
+    // SAFETY: waitid succeeded for a child, so the SIGCHLD fields are the ones set.
+    let status = unsafe { info.si_status() };
+    // Back to a wait(2) status word, as ExitStatus holds it.
+    let raw = match info.si_code {
+        libc::CLD_EXITED => (status & 0xff) << 8,
+        libc::CLD_KILLED => status,
+        libc::CLD_DUMPED => status | 0x80,
+        c => panic!("waitid: unexpected si_code {c} for an exited child"),
+    };
+    ExitStatus::from_raw(raw)
+}
+
+/// The kernel's (rate-limited, with the `oom-kill:` line) first line of its OOM report for the
+/// OOM that `pid` set off (`dump_header()`, mm/oom_kill.c v6.18):
+/// `COMM invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0, oom_score_adj=500`, found as
+/// the line before dump_stack's `CPU: N [UID: N ]PID: PID Comm: ...`. Keys: `gfp_mask` (hex),
+/// `gfp_flags` (the names in parentheses), `order`, `oom_score_adj`.
+pub fn invoked_line(pid: u32) -> Option<std::collections::HashMap<String, String>> {
+    let lines = dmesg();
+    let needle = format!(" PID: {pid} Comm: ");
+    let at = lines
+        .iter()
+        .rposition(|l| l.starts_with("CPU: ") && l.contains(&needle))?;
+    let line = lines[..at]
+        .iter()
+        .rev()
+        .take(2)
+        .find(|l| l.contains(" invoked oom-killer: "))?;
+    let rest = &line[line.find(" invoked oom-killer: ")? + " invoked oom-killer: ".len()..];
+    let mut m = std::collections::HashMap::new();
+    for kv in rest.split(", ") {
+        let (k, v) = kv.split_once('=')?;
+        match v.split_once('(') {
+            Some((mask, names)) if k == "gfp_mask" => {
+                m.insert("gfp_mask".to_owned(), mask.to_owned());
+                m.insert("gfp_flags".to_owned(), names.trim_end_matches(')').to_owned());
+            }
+            _ => {
+                m.insert(k.to_owned(), v.trim().to_owned());
+            }
+        }
+    }
+    Some(m)
 }

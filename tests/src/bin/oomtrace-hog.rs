@@ -3,10 +3,13 @@
 //! (.cargo/config.toml) so the kernel can walk its user stack: the allocation happens in
 //! `grow_buffer`, a name the tests look for in `allocation.user_stack`.
 //!
-//! oomtrace-hog [--cgroup DIR] [--adj N] [--mb N] [--step-kb N] [--ready FILE] [--hold]
-//!              [--thp] [--reserve-mb N] [--threads N]
+//! oomtrace-hog [--cgroup DIR] [--adj N] [--mb N] [--step-kb N] [--ready FILE] [--ready-fd N]
+//!              [--hold] [--thp] [--reserve-mb N] [--threads N]
 //!   --mb N          stop after N MiB (default: never stop)
-//!   --hold          after reaching --mb, write "ready" to --ready (if given) and sleep until killed
+//!   --ready FILE    after reaching --mb, write "ready" to FILE
+//!   --ready-fd N    after reaching --mb, write "ready\n" to the inherited file descriptor N (a
+//!                   pipe the test reads: it wakes at once, and sees EOF if the hog dies first)
+//!   --hold          after reaching --mb (and the ready signals), sleep until killed
 //!   --thp           allocate from one anonymous mapping with MADV_HUGEPAGE (2 MiB huge pages)
 //!   --reserve-mb N  first map N MiB without touching it (virtual size far above resident)
 //!   --threads N     N threads allocate at once, each in its own `grow_buffer` loop, released
@@ -111,12 +114,26 @@ fn grow_in_threads(n: usize, limit: Option<usize>, step: usize) -> Vec<Vec<Vec<u
         .collect()
 }
 
+/// Tells the test that the memory is held: a `ready` file, and/or a line on an inherited fd.
+fn signal_ready(file: Option<&str>, fd: Option<i32>) {
+    if let Some(r) = file {
+        fs::write(r, "ready").expect("write ready file");
+    }
+    if let Some(fd) = fd {
+        // SAFETY: the test passed this fd open for writing and nothing else here uses it; the
+        // File takes it over and closes it (the test then sees EOF: no more signals come).
+        let mut f = unsafe { <fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        std::io::Write::write_all(&mut f, b"ready\n").expect("write --ready-fd");
+    }
+}
+
 fn main() -> ExitCode {
     // Arguments as bytes: a cgroup directory's name need not be UTF-8 (tests use such names).
     let mut args = env::args_os().skip(1);
     let (mut cgroup, mut adj, mut mb, mut step_kb, mut ready, mut hold) =
         (None::<OsString>, None, None, 1024usize, None, false);
     let (mut thp, mut reserve_mb, mut threads) = (false, 0usize, 1usize);
+    let mut ready_fd = None::<i32>;
     while let Some(a) = args.next() {
         let mut raw = || args.next().expect("flag needs a value");
         if a == "--cgroup" {
@@ -129,6 +146,7 @@ fn main() -> ExitCode {
             "--mb" => mb = Some(val().parse::<usize>().expect("--mb")),
             "--step-kb" => step_kb = val().parse().expect("--step-kb"),
             "--ready" => ready = Some(val()),
+            "--ready-fd" => ready_fd = Some(val().parse().expect("--ready-fd")),
             "--hold" => hold = true,
             "--thp" => thp = true,
             "--reserve-mb" => reserve_mb = val().parse().expect("--reserve-mb"),
@@ -156,9 +174,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
         let _held = grow_in_threads(threads, limit, step_kb << 10);
-        if let Some(r) = ready {
-            fs::write(r, "ready").expect("write ready file");
-        }
+        signal_ready(ready.as_deref(), ready_fd);
         if hold {
             loop {
                 thread::sleep(Duration::from_secs(3600));
@@ -179,9 +195,7 @@ fn main() -> ExitCode {
         }
         total += n;
     }
-    if let Some(r) = ready {
-        fs::write(r, "ready").expect("write ready file");
-    }
+    signal_ready(ready.as_deref(), ready_fd);
     if hold {
         loop {
             thread::sleep(Duration::from_secs(3600));
