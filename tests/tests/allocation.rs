@@ -125,29 +125,33 @@ fn user_stack_is_the_triggers() {
     let cg = TestCgroup::new("oomtrace-ustack-tv", 64 * MIB).expect("cgroup");
     let dir = cg.dir.to_string_lossy().into_owned();
     let mut t = Tracer::start(&[]);
-    let ready = format!("/tmp/oomtrace-ustack-ready-{}", std::process::id());
-    let _ = std::fs::remove_file(&ready);
     // The victim sleeps in main (not in grow_buffer) once it holds its memory.
-    let mut victim = spawn_hog(&[
-        "--cgroup", &dir, "--adj", "1000", "--mb", "40", "--ready", &ready, "--hold",
-    ]);
-    assert!(wait_ready(&ready));
+    let mut victim = spawn_hog_ready(&["--cgroup", &dir, "--adj", "1000", "--mb", "40", "--hold"]);
     // The trigger holds on after its allocation, so that it is alive when the record is handled.
-    let mut trigger = spawn_hog(&["--cgroup", &dir, "--mb", "40", "--hold"]);
+    // It says when it holds its 40 MiB; if it dies first, a second OOM killed it too (see
+    // oom_kill::trigger_and_victim_differ): after that it allocates nothing more.
+    let mut cmd = std::process::Command::new(bin("oomtrace-hog"));
+    cmd.args(["--cgroup", &dir, "--mb", "40", "--hold", "--ready-fd", "3"]);
+    let (mut trigger, ready) = spawn_ready(&mut cmd, Duration::from_secs(20));
+    assert_ne!(ready, Ready::Timeout, "the trigger neither got ready nor died");
+    let trigger_killed = ready == Ready::Died;
     let tpid = trigger.id();
     let vpid = victim.id();
     assert_eq!(victim.wait().unwrap().signal(), Some(9));
     let rec = kill_record(&mut t, vpid);
-    // A second OOM may kill the trigger too (see oom_kill::trigger_and_victim_differ).
-    let trigger_killed = t
-        .wait_for(Duration::from_millis(300), |v| {
-            v["type"] == "oom_kill" && v["victim"]["pid"] == tpid
-        })
-        .is_some();
     let _ = trigger.kill();
-    let _ = trigger.wait();
+    let tstatus = trigger.wait().unwrap();
     let _ = t.stop();
-    let _ = std::fs::remove_file(&ready);
+    // The kernel agrees on who died of the OOM killer.
+    assert_eq!(
+        cg.oom_kills(),
+        1 + u64::from(trigger_killed),
+        "kernel memcg counter (trigger killed: {trigger_killed})"
+    );
+    assert_eq!(killed_line(tpid).is_some(), trigger_killed, "dmesg on {tpid}");
+    if trigger_killed {
+        assert_eq!(tstatus.signal(), Some(9));
+    }
     assert_eq!(rec["trigger"]["pid"], tpid);
     let us = &rec["allocation"]["user_stack"];
     if us["symbolized"] == "process" {
@@ -174,12 +178,7 @@ fn memory_breakdown_shows_transparent_huge_pages() {
     let cg = TestCgroup::new("oomtrace-thp", 64 * MIB).expect("cgroup");
     let dir = cg.dir.to_string_lossy().into_owned();
     let mut t = Tracer::start(&[]);
-    let ready = format!("/tmp/oomtrace-thp-ready-{}", std::process::id());
-    let _ = std::fs::remove_file(&ready);
-    let mut holder = spawn_hog(&[
-        "--cgroup", &dir, "--thp", "--mb", "40", "--ready", &ready, "--hold",
-    ]);
-    assert!(wait_ready(&ready));
+    let mut holder = spawn_hog_ready(&["--cgroup", &dir, "--thp", "--mb", "40", "--hold"]);
     let own = |k: &str| {
         let s = cg.read("memory.stat");
         s.lines()
@@ -208,7 +207,6 @@ fn memory_breakdown_shows_transparent_huge_pages() {
     let _ = holder.kill();
     let _ = holder.wait();
     let _ = t.stop();
-    let _ = std::fs::remove_file(&ready);
     let mem = &rec["oom_memcg"]["memory"];
     assert_eq!(mem["stat_source"], "cgroupfs", "{mem}");
     let got = mem["stat"]["anon_thp"].as_u64().unwrap();
@@ -249,8 +247,15 @@ fn breakdown_drift_when_the_victim_held_the_memory() {
     let mem = &rec["oom_memcg"]["memory"];
     let usage = mem["usage_bytes"].as_u64().unwrap();
     assert!(usage >= 63 * MIB, "the kernel's counter at the kill: {mem}");
-    let anon = mem["stat"]["anon"].as_u64().unwrap_or(0);
-    let after = mem["stat_read_after_kill_ns"].as_u64().unwrap_or(0);
+    // The cgroup still exists when the record arrives, so its memory.stat was there to be read
+    // (docs/events.md, memory objects): a number, however much of it is already gone.
+    assert_eq!(mem["stat_source"], "cgroupfs", "{mem}");
+    let anon = mem["stat"]["anon"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no stat.anon: {mem}"));
+    let after = mem["stat_read_after_kill_ns"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no stat_read_after_kill_ns: {mem}"));
     // A note, not an assertion: how much of the victim's memory was already gone when read.
     let _ = std::io::Write::write_all(
         &mut std::io::stderr(),

@@ -6,7 +6,6 @@ use std::{
     os::unix::process::ExitStatusExt,
     path::PathBuf,
     process::{Child, Command},
-    thread,
     time::Duration,
 };
 
@@ -27,10 +26,9 @@ fn the_butler() -> PathBuf {
     path
 }
 
+/// A hog holding 1 MiB, returned once it says it is ready (exec'd, its comm `oomtrace-hog`).
 fn sleeper() -> Child {
-    let c = spawn_hog(&["--mb", "1", "--hold"]);
-    thread::sleep(Duration::from_millis(30));
-    c
+    spawn_hog_ready(&["--mb", "1", "--hold"])
 }
 
 fn exit_of(t: &mut Tracer, pid: u32) -> Value {
@@ -48,6 +46,15 @@ fn count(lines: &[Value], kind: &str, pid: u32) -> usize {
         .count()
 }
 
+/// Before checking that the hog got no `oom_kill` or `exit` line: every such record would have
+/// been made before its wait() returned, so once a later record is out ([`Tracer::fence`]) they
+/// would be too. Without the signal hook there is nothing to wait for: then a bounded wait.
+fn settle(t: &mut Tracer) {
+    if !t.fence() {
+        let _ = t.wait_for(Duration::from_millis(300), |_| false);
+    }
+}
+
 fn signal_enabled(t: &Tracer) -> bool {
     let s = &t.seen[0]["attach"];
     !s["signal_generate"].is_null() && !s["process_exit"].is_null()
@@ -61,25 +68,32 @@ fn kill_minus_9_from_a_named_process() {
     skip_unless!(signal_enabled(&t), "signal/exit hooks unavailable on this kernel");
     let mut victim = sleeper();
     let pid = victim.id();
-    let st = Command::new(the_butler())
+    let mut butler = Command::new(the_butler())
         .args(["-9", &pid.to_string()])
-        .status()
+        .spawn()
         .unwrap();
-    assert!(st.success());
+    let butler_pid = butler.id();
+    assert!(butler.wait().unwrap().success());
     assert_eq!(victim.wait().unwrap().signal(), Some(9));
     let ex = exit_of(&mut t, pid);
     let (_, lines) = t.stop();
     assert_eq!(ex["verdict"], "process", "{ex}");
+    assert_eq!(ex["killer"]["pid"], butler_pid);
+    assert_eq!(ex["killer"]["tid"], butler_pid);
     assert_eq!(ex["killer"]["comm"], "the-butler");
     assert_eq!(ex["killer"]["exe"], "the-butler");
     assert_eq!(ex["exit_code"], 137);
+    assert_eq!(ex["exit_signal"], 9);
     assert_eq!(ex["signal_code"], "SI_USER");
+    assert_eq!(ex["process"]["tid"], pid, "a single-threaded process");
+    assert_eq!(ex["process"]["comm"], "oomtrace-hog");
     let sig = lines
         .iter()
         .find(|v| v["type"] == "signal" && v["seq"] == ex["signal_seq"])
         .expect("the signal record the verdict names");
     assert_eq!(sig["code"], "SI_USER");
     assert_eq!(sig["target"]["pid"], pid);
+    assert_eq!(sig["sender"]["pid"], butler_pid);
     assert_eq!(sig["sender"]["comm"], "the-butler");
     assert_eq!(count(&lines, "exit", pid), 1, "exactly one exit record");
     assert!(!lines.iter().any(|v| v["type"] == "oom_kill"), "no OOM here");
@@ -94,16 +108,27 @@ fn tgkill_and_pidfd_senders_are_attributed() {
     for (how, code) in [("tgkill", "SI_TKILL"), ("pidfd", "SI_USER"), ("kill", "SI_USER")] {
         let mut victim = sleeper();
         let pid = victim.id();
-        let st = Command::new(bin("oomtrace-killer"))
+        let mut killer = Command::new(bin("oomtrace-killer"))
             .args([how, &pid.to_string()])
-            .status()
+            .spawn()
             .unwrap();
-        assert!(st.success(), "{how}");
+        let killer_pid = killer.id();
+        assert!(killer.wait().unwrap().success(), "{how}");
         assert_eq!(victim.wait().unwrap().signal(), Some(9));
         let ex = exit_of(&mut t, pid);
         assert_eq!(ex["verdict"], "process", "{how}: {ex}");
+        assert_eq!(ex["killer"]["pid"], killer_pid, "{how}");
         assert_eq!(ex["killer"]["comm"], "oomtrace-killer", "{how}");
         assert_eq!(ex["signal_code"], code, "{how}");
+        // tgkill(2) addresses one thread, kill(2) and pidfd_send_signal(2) the process.
+        let sig = t
+            .seen
+            .iter()
+            .find(|v| v["type"] == "signal" && v["seq"] == ex["signal_seq"])
+            .unwrap_or_else(|| panic!("{how}: the signal record the verdict names"));
+        assert_eq!(sig["group"], how != "tgkill", "{how}: {sig}");
+        assert_eq!(sig["target"]["tid"], pid, "{how}: {sig}");
+        assert_eq!(sig["sender"]["pid"], killer_pid, "{how}: {sig}");
     }
     let _ = t.stop();
 }
@@ -129,18 +154,37 @@ fn oom_kill_verdict_links_the_oom_record() {
     assert_eq!(ex["oom"]["oom_kill_seq"], kill["seq"]);
     assert_eq!(ex["oom"]["kill_id"], kill["kill_id"]);
     assert_eq!(ex["oom"]["oom_memcg"]["path"], cg.path.as_str());
+    assert_eq!(ex["oom"]["oom_memcg"]["id"], cg.inode());
     assert_eq!(ex["oom"]["constraint"], "memcg");
+    assert_eq!(ex["oom"]["shared_mm"], false, "{ex}");
+    // The hog hit its own limit: it is the trigger too.
+    assert_eq!(ex["oom"]["trigger"]["pid"], pid, "{ex}");
+    assert_eq!(ex["process"]["cgroup"]["id"], cg.inode(), "{ex}");
+    // Documented null for kernel_oom (docs/events.md, exit fields, killer).
     assert!(ex["killer"].is_null());
+    // One kill, one SIGKILL: __oom_kill_process() sends it once, with SEND_SIG_PRIV (SI_KERNEL),
+    // before mark_oom_victim() (mm/oom_kill.c v6.18); a later OOM skips a task already marked.
     let sigs: Vec<&Value> = lines
         .iter()
         .filter(|v| v["type"] == "signal" && v["target"]["pid"] == pid)
         .collect();
-    assert!(!sigs.is_empty(), "the OOM killer's SIGKILL is a signal record");
-    assert!(sigs.iter().all(|s| s["code"] == "SI_KERNEL"), "{sigs:?}");
+    assert_eq!(
+        sigs.len(),
+        1,
+        "the OOM killer's SIGKILL is one signal record: {sigs:?}"
+    );
+    let sig = sigs[0];
+    assert_eq!(sig["code"], "SI_KERNEL", "{sig}");
+    assert_eq!(sig["sender"]["pid"], pid, "sent in the trigger's context: {sig}");
+    assert!(sig["kill_id"].is_null(), "it precedes its oom_kill line: {sig}");
     assert!(
-        sigs[0]["seq"].as_u64() < kill["seq"].as_u64(),
+        sig["seq"].as_u64() < kill["seq"].as_u64(),
         "the signal precedes mark_victim"
     );
+    // The signal was seen, so the verdict names it (signal_seq is null only when it was not,
+    // docs/events.md, exit fields).
+    assert_eq!(ex["signal_seq"], sig["seq"], "{ex}");
+    assert_eq!(ex["signal_code"], "SI_KERNEL", "{ex}");
     assert_eq!(count(&lines, "exit", pid), 1);
     assert!(
         !lines
@@ -163,6 +207,7 @@ fn userspace_killer_is_named() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let killer_pid = killer.id();
     let mut small = spawn_hog(&["--cgroup", &dir, "--mb", "8", "--hold"]);
     let mut big = spawn_hog(&["--cgroup", &dir, "--mb", "64", "--hold"]);
     let out = killer.wait_with_output().unwrap();
@@ -175,8 +220,11 @@ fn userspace_killer_is_named() {
     let _ = small.wait();
     let (_, lines) = t.stop();
     assert_eq!(ex["verdict"], "process");
+    assert_eq!(ex["killer"]["pid"], killer_pid);
     assert_eq!(ex["killer"]["comm"], "oomtrace-killer");
+    assert_eq!(ex["killer"]["exe"], "oomtrace-killer");
     assert_eq!(ex["process"]["cgroup"]["path"], cg.path.as_str());
+    assert_eq!(ex["process"]["cgroup"]["id"], cg.inode());
     assert!(
         !lines.iter().any(|v| v["type"] == "oom_kill"),
         "the kernel killed nothing"
@@ -288,7 +336,7 @@ fn oom_that_kills_nothing_is_reported() {
     let oom_control = cg.read("memory.oom_control");
     cg.write("memory.limit_in_bytes", &(128 * MIB).to_string());
     let status = hog.wait().unwrap();
-    thread::sleep(Duration::from_millis(300));
+    settle(&mut t);
     let (_, lines) = t.stop();
     let rec = rec.expect("no memcg_oom record for the blocked cgroup");
     assert!(
@@ -356,7 +404,7 @@ fn oom_with_only_unkillable_tasks_is_reported() {
     let events = cg.read(events_file);
     cg.write(limit_file, &(128 * MIB).to_string());
     let status = hog.wait().unwrap();
-    thread::sleep(Duration::from_millis(300));
+    settle(&mut t);
     let (_, lines) = t.stop();
     let rec = rec.expect("no memcg_oom record for the cgroup whose OOM killed nothing");
     assert!(
