@@ -181,17 +181,12 @@ fn output_file_gets_appended_json_lines() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut ok = false;
-    for _ in 0..200 {
-        std::thread::sleep(Duration::from_millis(25));
-        if std::fs::read_to_string(&path)
+    // With --output the start line in the file is the only sign that it is attached.
+    let ok = wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(&path)
             .unwrap()
             .contains("\"type\":\"start\"")
-        {
-            ok = true;
-            break;
-        }
-    }
+    });
     // SAFETY: plain kill(2).
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
