@@ -577,6 +577,15 @@ fn build_guest_files(workspace: &Path) -> Result<GuestFiles> {
     eprintln!("vm-test: building the guest's binaries ({GUEST_TARGET})");
     // One cargo invocation: two would resolve features differently and rebuild shared crates.
     let mut build = cargo(workspace);
+    // The release profile strips debug info; the hog keeps its line tables, as the host tests'
+    // debug build has them: allocation's user-stack test wants the allocating function's file and
+    // line whenever the hog is still alive when its frames are named.
+    build.args([
+        "--config",
+        "profile.release.package.oomtrace-tests.debug=\"line-tables-only\"",
+        "--config",
+        "profile.release.package.oomtrace-tests.strip=\"none\"",
+    ]);
     build.args([
         "build",
         "-p",
