@@ -1043,9 +1043,8 @@ fn text_kb_below(data: &mut [u8], bound: u64) {
 
 /// An `oom_kill` record whose victim counters are as large as a u64 holds (a corrupt record, or
 /// hostile bytes: the property test above finds it at its 29th input once nothing is tamed) must
-/// give a line, not a panic. Fails until sink/text.rs multiplies kB by 1024 without overflowing.
+/// give a line, not a panic (sink/text.rs multiplies kB by 1024 saturating).
 #[test]
-#[ignore = "sink/text.rs overflows on kB counters >= 2^54 (issue 10); run with --ignored"]
 fn text_line_survives_huge_kb_counters() {
     use oomtrace_common::{OomKill, flags};
     // SAFETY: OomKill is repr(C) integers only: all-zero bytes are a valid value.

@@ -38,7 +38,8 @@ fn memcg_oom(ev: &MemcgOomEv) -> String {
 
 fn oom_kill(ev: &OomKill) -> String {
     let v = &ev.victim;
-    let kb = |x: Option<u64>| x.map_or("?".to_owned(), |k| human_bytes(k * 1024));
+    // Saturating: a corrupt record may carry any counter; the line must still be written.
+    let kb = |x: Option<u64>| x.map_or("?".to_owned(), |k| human_bytes(k.saturating_mul(1024)));
     let cg = |c: &Option<Cgroup>| {
         c.as_ref()
             .map(|c| c.path.clone().unwrap_or_else(|| format!("id:{}", c.id)))
