@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, CLI tests, the root tests that make the kernel do real OOM
-# kills, and the same real-OOM tests inside qemu on Debian's 6.1 and 6.12 kernels once per attach
+# kills, and the same real-OOM tests inside qemu on Debian 11's 5.10 and Debian 12's 6.1 and 6.12 kernels once per attach
 # mode (`cargo xtask vm-test`, ~20 minutes). Installs what it needs first (scripts/bootstrap.sh).
 # Run as root for the root tests; without root they print SKIP lines and the rest still runs.
 #
@@ -30,7 +30,7 @@ echo "== tests" >&2
 cargo build --locked --workspace
 cargo test --locked --workspace -- --test-threads=2
 if [ "$vm" = 1 ]; then
-  echo "== VM tests: Debian 6.1 and 6.12 under qemu, every attach mode" >&2
+  echo "== VM tests: Debian 5.10, 6.1 and 6.12 under qemu, every attach mode" >&2
   cargo xtask vm-test --kernel all --attach all
 else
   echo "SKIP VM tests (--no-vm): fentry/kprobe, cgroup v2 and other kernels were not tested" >&2
