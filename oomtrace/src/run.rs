@@ -301,7 +301,12 @@ pub async fn run(opts: Options) -> Result<()> {
                 tx.send(Input::Tick { ring_lost: loader::ring_drops(&drops) }, 0);
                 guard.clear_ready();
             }
-            _ = tick.tick() => tx.send(Input::Tick { ring_lost: loader::ring_drops(&drops) }, 0),
+            _ = tick.tick() => {
+                // Records the kernel submits without a wakeup (signal, oom_reap) are read here
+                // when no waking record follows them.
+                drain(ring.get_mut(), &tx, false);
+                tx.send(Input::Tick { ring_lost: loader::ring_drops(&drops) }, 0);
+            }
             () = writer.resume.notified() => tx.send(Input::Tick { ring_lost: loader::ring_drops(&drops) }, 0),
             r = &mut writer.done => break Some(r.unwrap_or_else(|_| Err(writer_died()))),
             _ = sighup.recv() => writer.reopen(),
