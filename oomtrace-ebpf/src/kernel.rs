@@ -2,11 +2,8 @@
 //! `btf.rs`). rustc cannot emit CO-RE relocations, so every offset arrives through `CONFIG`; an
 //! offset of `ABSENT` means the field does not exist on this kernel and reads as `None`.
 
-use aya_ebpf::helpers::{
-    bpf_probe_read_kernel,
-    generated::{bpf_get_current_comm, bpf_probe_read_kernel as probe_read_into},
-};
-use oomtrace_common::{ABSENT, MEMCG_LEVELS, MemcgLevel, MmCounters, memcg};
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+use oomtrace_common::{ABSENT, MEMCG_LEVELS, MemcgLevel, MmCounters, TaskIds, memcg};
 
 use crate::cfg;
 
@@ -49,36 +46,23 @@ pub fn css_id(css: *const u8) -> u64 {
     read::<u64>(kn, cfg!(kn_id)).unwrap_or(0)
 }
 
-/// The task's comm, read straight into `comm` (all zeros if it cannot be read).
+/// Fills `ids` (but not its comm) from a task pointer.
 #[inline(always)]
-pub fn task_comm(task: *const u8, comm: &mut [u8; 16]) {
-    let off = cfg!(task_comm);
-    if off == ABSENT || task.is_null() {
-        comm[0] = 0;
-        return;
-    }
-    // SAFETY: 16 bytes into `comm`; the helper never faults and zero-fills `comm` on error.
-    unsafe {
-        probe_read_into(
-            comm.as_mut_ptr().cast(),
-            16,
-            task.wrapping_add(off as usize).cast(),
-        )
-    };
+pub fn task_ids(task: *const u8, ids: &mut TaskIds) {
+    ids.tid = read::<i32>(task, cfg!(task_pid)).unwrap_or(0) as u32;
+    ids.tgid = read::<i32>(task, cfg!(task_tgid)).unwrap_or(0) as u32;
+    ids.memcg_id = css_id(task_memcg(task));
 }
 
-/// `current`'s comm, straight into `comm` (the helper NUL-pads it; all zeros on error). aya's
-/// wrapper returns it by value through a zeroed temporary: a `memset` call and a byte copy.
 #[inline(always)]
-pub fn current_comm(comm: &mut [u8; 16]) {
-    // SAFETY: 16 bytes into `comm`.
-    if unsafe { bpf_get_current_comm(comm.as_mut_ptr().cast(), 16) } != 0 {
-        comm[0] = 0;
+pub fn task_comm(task: *const u8, comm: &mut [u8; 16]) {
+    if let Some(c) = read::<[u8; 16]>(task, cfg!(task_comm)) {
+        *comm = c;
     }
 }
 
 /// Walks from `css` to the root, recording each memcg's id and `memory` page counter.
-/// Returns the number of levels written; the levels after them are left as they were.
+/// Returns the number of levels written.
 #[inline(always)]
 pub fn memcg_levels(mut css: *const u8, out: &mut [MemcgLevel; MEMCG_LEVELS]) -> u32 {
     let memory = cfg!(memcg_memory);
@@ -97,24 +81,16 @@ pub fn memcg_levels(mut css: *const u8, out: &mut [MemcgLevel; MEMCG_LEVELS]) ->
         if css.is_null() {
             break;
         }
-        // Every field: the record is not zeroed beforehand. Absent counters read as 0, which the
-        // loader takes for "not there" (swap: 0 and 0).
         level.id = css_id(css);
         level.usage_pages = read::<u64>(css, usage).unwrap_or(0);
         level.max_pages = read::<u64>(css, max).unwrap_or(u64::MAX);
-        level.watermark_pages = if cfg!(page_counter_watermark) != ABSENT {
-            read::<u64>(css, watermark).unwrap_or(0)
-        } else {
-            0
-        };
-        (level.swap_usage_pages, level.swap_max_pages) = if swap != ABSENT {
-            (
-                read::<u64>(css, swap_usage).unwrap_or(0),
-                read::<u64>(css, swap_max).unwrap_or(u64::MAX),
-            )
-        } else {
-            (0, 0)
-        };
+        if cfg!(page_counter_watermark) != ABSENT {
+            level.watermark_pages = read::<u64>(css, watermark).unwrap_or(0);
+        }
+        if swap != ABSENT {
+            level.swap_usage_pages = read::<u64>(css, swap_usage).unwrap_or(0);
+            level.swap_max_pages = read::<u64>(css, swap_max).unwrap_or(u64::MAX);
+        }
         n += 1;
         css = read_ptr(css, parent);
     }

@@ -6,7 +6,6 @@
 //! - `whodunit.rs`: every SIGKILL generated and every process that died of one.
 //! - `python.rs`: CPython frames of the trigger's and the GIL holder's threads at the OOM.
 //! - `stackcopy.rs`: the trigger's user registers and stack copy at the OOM; process notifications.
-//! - `ring.rs`: reserving room for records, and when to wake the reader.
 //! - `tgids.rs`: thread id → process id for the classic tracepoints that only name a thread.
 //! - `kernel.rs`: reading kernel structs at offsets the loader resolved from BTF.
 //!
@@ -21,7 +20,6 @@ mod oom_control;
 mod python;
 mod reaper;
 mod reclaim;
-mod ring;
 #[expect(
     dead_code,
     reason = "called from mark_victim and reclaim once they are wired in (issue 12)"

@@ -7,22 +7,25 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_F_USER_BUILD_ID, BPF_F_USER_STACK},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
-        bpf_probe_read_kernel_str_bytes, generated::bpf_get_stack,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
+        bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str_bytes, generated::bpf_get_stack,
     },
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use oomtrace_common::{
-    ABSENT, KSTACK_DEPTH, OomKill, RecordKind, USTACK_BUILD_ID_DEPTH, USTACK_DEPTH, VictimSource, flags,
+    ABSENT, KSTACK_DEPTH, OomKill, RecordKind, USTACK_BUILD_ID_DEPTH, USTACK_DEPTH, VictimSource,
+    drop_reason, flags,
 };
 
+/// bpf_get_stack flags (include/uapi/linux/bpf.h).
+const BPF_F_USER_STACK: u64 = 1 << 8;
+const BPF_F_USER_BUILD_ID: u64 = 1 << 11;
+
 use crate::{
-    OOM_CONTROL, OOM_SIGKILLS, RECLAIM, cfg,
-    kernel::{current_comm, memcg_levels, mm_counters, read, read_ptr, task_comm, task_memcg},
-    ring::{self, copy, zero},
+    EVENTS, OOM_CONTROL, OOM_SIGKILLS, RECLAIM, cfg, count_drop,
+    kernel::{memcg_levels, mm_counters, read, read_ptr, task_comm, task_ids, task_memcg},
     tgids::tgid_of,
 };
 
@@ -34,12 +37,8 @@ pub fn mark_victim_btf(ctx: BtfTracePointContext) -> u32 {
     // TP_PROTO(struct task_struct *task, uid_t uid), include/trace/events/oom.h v6.18.
     let victim: *const u8 = ctx.arg(0);
     let uid: u32 = ctx.arg(1);
-    let tid = read::<i32>(victim, cfg!(task_pid)).unwrap_or(0) as u32;
-    let tgid = read::<i32>(victim, cfg!(task_tgid)).unwrap_or(0) as u32;
-    emit(&ctx, VictimSource::TpBtf, tid, tgid, |rec| {
-        rec.victim.tid = tid;
-        rec.victim.tgid = tgid;
-        rec.victim.memcg_id = crate::kernel::css_id(task_memcg(victim));
+    emit(&ctx, VictimSource::TpBtf, |rec| {
+        task_ids(victim, &mut rec.victim);
         task_comm(victim, &mut rec.victim.comm);
         rec.victim_uid = uid;
         rec.flags |= flags::VICTIM_UID | flags::VICTIM_MEMCG;
@@ -57,32 +56,23 @@ pub fn mark_victim_btf(ctx: BtfTracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn mark_victim_tp(ctx: TracePointContext) -> u32 {
-    let tp = ctx.as_ptr() as *const u8;
-    // The record carries the victim's task->pid (its thread id), not its tgid.
-    let tid = read::<i32>(tp, cfg!(tp_mv_pid)).unwrap_or(0) as u32;
-    let current = bpf_get_current_pid_tgid();
-    let tgid = if tid == current as u32 {
-        (current >> 32) as u32
-    } else {
-        tgid_of(tid)
-    };
-    emit(&ctx, VictimSource::Tracepoint, tid, tgid, |rec| {
-        if tid == rec.trigger.tid {
+    emit(&ctx, VictimSource::Tracepoint, |rec| {
+        let tp = ctx.as_ptr() as *const u8;
+        // The record carries the victim's task->pid (its thread id), not its tgid.
+        rec.victim.tid = read::<i32>(tp, cfg!(tp_mv_pid)).unwrap_or(0) as u32;
+        if rec.victim.tid == rec.trigger.tid {
             // Same task: everything the trigger has is the victim's too.
             rec.victim = rec.trigger;
             rec.flags |= flags::VICTIM_MEMCG;
         } else {
-            rec.victim.tid = tid;
-            rec.victim.tgid = tgid;
+            rec.victim.tgid = tgid_of(rec.victim.tid);
         }
         let comm_loc = cfg!(tp_mv_comm);
         if let Some(loc) = read::<u32>(tp, comm_loc) {
             // __data_loc: low 16 bits offset from the record start, high 16 bits length.
             let src = tp.wrapping_add((loc & 0xffff) as usize);
             // SAFETY: bpf_probe_read_kernel_str_bytes never faults.
-            if unsafe { bpf_probe_read_kernel_str_bytes(src, &mut rec.victim.comm) }.is_err() {
-                rec.victim.comm[0] = 0;
-            }
+            let _ = unsafe { bpf_probe_read_kernel_str_bytes(src, &mut rec.victim.comm) };
         }
         if let Some(uid) = read::<u32>(tp, cfg!(tp_mv_uid)) {
             rec.victim_uid = uid;
@@ -133,92 +123,65 @@ pub fn mark_victim_tp(ctx: TracePointContext) -> u32 {
 }
 
 /// Reserves a record, fills what every flavour shares (trigger, memcg walk, stash lookups, stack),
-/// lets `victim` fill the victim, submits and wakes the reader. `victim_tid`/`victim_tgid` (0:
-/// unknown) are read before: the kill check and `--pid` need them before any room is reserved.
-/// A full ring buffer is counted, never silent.
-///
-/// Nothing is zeroed wholesale: every field is written, the stack arrays only as far as the
-/// helpers write them (bpf_get_stack zero-fills the rest of its buffer itself, kernel/bpf/
-/// stackmap.c v6.18) and the memcg levels only up to `memcg_depth`; the loader reads no further.
+/// lets `victim` fill the victim, submits. A full ring buffer is counted, never silent.
 #[inline(always)]
-fn emit<C: EbpfContext>(
-    ctx: &C,
-    source: VictimSource,
-    victim_tid: u32,
-    victim_tgid: u32,
-    victim: impl FnOnce(&mut OomKill),
-) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tid = pid_tgid as u32;
-    let tgid = (pid_tgid >> 32) as u32;
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-
-    // A kill, or a mark of a dying task without one? The kill's SIGKILL to this very thread came
-    // from this thread microseconds ago; consume it, so that it vouches for one mark only — also
-    // when --pid drops this record below.
-    // SAFETY: LRU map values are copied out immediately.
-    let killed = if let Some(k) = unsafe { OOM_SIGKILLS.get(&tid) }
-        && k.target_tid == victim_tid
-        && now.wrapping_sub(k.ts_ns) < STASH_MAX_AGE_NS
-    {
-        let _ = OOM_SIGKILLS.remove(&tid);
-        flags::KILLED
-    } else {
-        0
-    };
-    // --pid: the victim's or the trigger's process (the loader checks again; a victim whose
-    // process is unknown here is kept for it to decide).
-    let f = cfg!(filter_tgid);
-    if f != 0 && f != tgid && victim_tgid != 0 && f != victim_tgid {
-        return;
-    }
-
-    let Some(mut entry) = ring::reserve::<OomKill>() else {
+fn emit<C: EbpfContext>(ctx: &C, source: VictimSource, victim: impl FnOnce(&mut OomKill)) {
+    let Some(mut entry) = EVENTS.reserve::<OomKill>(0) else {
+        count_drop(drop_reason::RINGBUF_FULL);
         return;
     };
-    // SAFETY: the reservation holds an OomKill; it is plain data, so any bytes are a valid one, and
-    // every field the loader reads is written below.
-    let rec = unsafe { &mut *entry.as_mut_ptr() };
+    let ptr = entry.as_mut_ptr();
+    // SAFETY: the reservation is size_of::<OomKill>() bytes; zeroing makes every field valid.
+    let rec = unsafe {
+        core::ptr::write_bytes(ptr, 0, 1);
+        &mut *ptr
+    };
     rec.kind = RecordKind::OomKill as u8;
     rec.victim_source = source as u8;
-    rec._pad0 = [0; 2];
-    rec.flags = killed;
-    rec.ts_boot_ns = now;
-    rec.trigger.tid = tid;
-    rec.trigger.tgid = tgid;
-    current_comm(&mut rec.trigger.comm);
+    // SAFETY: helpers without preconditions.
+    rec.ts_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: bpf_get_current_task returns the running task; only ever read through probe reads.
     let current = unsafe { bpf_get_current_task() } as *const u8;
-    rec.memcg_depth = memcg_levels(task_memcg(current), &mut rec.memcg);
-    rec._pad1 = 0;
-    rec.trigger.memcg_id = if rec.memcg_depth > 0 { rec.memcg[0].id } else { 0 };
+    rec.trigger.tid = pid_tgid as u32;
+    rec.trigger.tgid = (pid_tgid >> 32) as u32;
+    rec.trigger.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    let memcg = task_memcg(current);
+    rec.memcg_depth = memcg_levels(memcg, &mut rec.memcg);
+    rec.trigger.memcg_id = rec.memcg[0].id;
 
     // Stashed facts count only if fresh: oom_kill_process -> mark_victim takes microseconds
     // (a whole memory.oom.group kill, milliseconds), and the last failed reclaim comes right before
     // the OOM. An older entry belongs to an earlier OOM of a thread whose tid was reused.
+    let tid = rec.trigger.tid;
+    let now = rec.ts_boot_ns;
     // SAFETY: LRU map values are copied out immediately.
-    match unsafe { OOM_CONTROL.get(&tid) } {
-        Some(oc) if now.wrapping_sub(oc.kill_ns) < STASH_MAX_AGE_NS => {
-            copy(&mut rec.exact, oc);
-            rec.flags |= flags::EXACT;
-        }
-        _ => zero(&mut rec.exact),
+    if let Some(oc) = unsafe { OOM_CONTROL.get(&tid) }
+        && now.wrapping_sub(oc.kill_ns) < STASH_MAX_AGE_NS
+    {
+        rec.exact = *oc;
+        rec.flags |= flags::EXACT;
     }
     // SAFETY: as above.
-    match unsafe { RECLAIM.get(&tid) } {
-        Some(r) if now.wrapping_sub(r.ts_ns) < STASH_MAX_AGE_NS => {
-            copy(&mut rec.reclaim, r);
-            rec.flags |= flags::RECLAIM;
-        }
-        _ => zero(&mut rec.reclaim),
+    if let Some(r) = unsafe { RECLAIM.get(&tid) }
+        && now.wrapping_sub(r.ts_ns) < STASH_MAX_AGE_NS
+    {
+        rec.reclaim = *r;
+        rec.flags |= flags::RECLAIM;
     }
 
-    zero(&mut rec.victim);
-    zero(&mut rec.victim_mm);
-    rec.victim_uid = 0;
-    rec.victim_oom_score_adj = 0;
     victim(rec);
+
+    // A kill, or a mark of a dying task without one? The kill's SIGKILL to this very thread came
+    // from this thread microseconds ago; consume it, so that it vouches for one mark only.
+    // SAFETY: as above.
+    if let Some(k) = unsafe { OOM_SIGKILLS.get(&tid) }
+        && k.target_tid == rec.victim.tid
+        && now.wrapping_sub(k.ts_ns) < STASH_MAX_AGE_NS
+    {
+        rec.flags |= flags::KILLED;
+        let _ = OOM_SIGKILLS.remove(&tid);
+    }
 
     // SAFETY: `kstack` is KSTACK_DEPTH u64s inside the reservation; the helper writes at most that.
     rec.kstack_bytes = unsafe {
@@ -230,10 +193,6 @@ fn emit<C: EbpfContext>(
         )
     };
     // The trigger's user stack — `current` is the trigger, so this is never the victim's stack.
-    // Two walks: the IPs (the frames' addresses, and what /proc/<pid>/maps places while the
-    // trigger lives) and the build ids + file offsets (what still names them after it exited,
-    // which the trigger usually has by the time the loader looks, being the victim). The kernel
-    // keeps no IP for a frame it gives a build id, so neither is derived from the other.
     if cfg!(user_stacks) != 0 {
         // SAFETY: `ustack` / `ubuild` are inside the reservation; the helper writes at most their sizes.
         unsafe {
@@ -241,18 +200,15 @@ fn emit<C: EbpfContext>(
                 ctx.as_ptr(),
                 rec.ustack.as_mut_ptr().cast(),
                 (USTACK_DEPTH * 8) as u32,
-                u64::from(BPF_F_USER_STACK),
+                BPF_F_USER_STACK,
             );
             rec.ubuild_bytes = bpf_get_stack(
                 ctx.as_ptr(),
                 rec.ubuild.as_mut_ptr().cast(),
                 (USTACK_BUILD_ID_DEPTH * 32) as u32,
-                u64::from(BPF_F_USER_STACK | BPF_F_USER_BUILD_ID),
+                BPF_F_USER_STACK | BPF_F_USER_BUILD_ID,
             );
         }
-    } else {
-        rec.ustack_bytes = 0;
-        rec.ubuild_bytes = 0;
     }
-    ring::submit(entry);
+    entry.submit(0);
 }

@@ -16,10 +16,10 @@ use aya_ebpf::{
 };
 use oomtrace_common::{
     ABSENT, PY_FRAMES, PY_LINETABLE_LEN, PyFrame, PyOffsets, PyProc, PyStackHeader, PyStackScratch,
-    RecordKind, py_frame, py_thread,
+    RecordKind, drop_reason, py_frame, py_thread,
 };
 
-use crate::{kernel::read, ring, stackcopy};
+use crate::{EVENTS, count_drop, kernel::read, stackcopy};
 
 /// Python processes, by tgid (the loader inserts them when it snapshots a process; LRU, so the
 /// dead ones make room).
@@ -162,8 +162,11 @@ fn send_thread(o: &PyOffsets, tstate: u64, flags: u8, thread_tid: u32, ts_boot_n
             total.min(size_of::<PyStackScratch>()),
         )
     };
-    // Without a wakeup: the `OomKill` record that follows wakes the reader (see ring.rs).
-    ring::output_quiet(bytes)
+    if EVENTS.output(bytes, 0).is_err() {
+        count_drop(drop_reason::RINGBUF_FULL);
+        return false;
+    }
+    true
 }
 
 /// Not inlined: a BPF subprogram, so that the verifier does not face 32 unrolled copies of it

@@ -9,9 +9,9 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use oomtrace_common::{Reap, RecordKind, reap_phase};
+use oomtrace_common::{Reap, RecordKind, drop_reason, reap_phase};
 
-use crate::{cfg, kernel::read, ring, tgids::tgid_of};
+use crate::{EVENTS, cfg, count_drop, kernel::read};
 
 #[tracepoint]
 pub fn wake_reaper(ctx: TracePointContext) -> u32 {
@@ -62,15 +62,6 @@ fn emit(ctx: &TracePointContext, phase: u8) -> u32 {
 
 #[inline(always)]
 fn output(pid: u32, phase: u8) -> u32 {
-    // --pid: the record names the victim's thread; its process only where the tid map knows it
-    // (classic mode), else the loader decides.
-    let f = cfg!(filter_tgid);
-    if f != 0 && f != pid {
-        let tgid = tgid_of(pid);
-        if tgid != 0 && tgid != f {
-            return 0;
-        }
-    }
     let rec = Reap {
         kind: RecordKind::Reap as u8,
         phase,
@@ -79,7 +70,8 @@ fn output(pid: u32, phase: u8) -> u32 {
         // SAFETY: helper without preconditions.
         ts_boot_ns: unsafe { bpf_ktime_get_boot_ns() },
     };
-    // The reaper's progress is read with the victim's exit or the reader's tick (see ring.rs).
-    let _ = ring::output_quiet(&rec);
+    if EVENTS.output(&rec, 0).is_err() {
+        count_drop(drop_reason::RINGBUF_FULL);
+    }
     0
 }

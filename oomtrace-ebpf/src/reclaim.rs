@@ -84,18 +84,5 @@ fn store(order: i32, gfp_mask: u64, kind: u32) {
         kind,
         memcg_id,
     };
-    // This runs ~32 times per memcg OOM (each reclaim retry of the failing charge, mm/memcontrol.c
-    // try_charge_memcg() v6.18): overwrite this thread's entry in place, and only a thread's first
-    // reclaim inserts (an LRU insert takes the LRU lock and a free node: half this program's
-    // cost, measured). Task-local storage would spare the lookup too, but aya 0.16 cannot leave
-    // a map out of the object, and BPF_MAP_TYPE_TASK_STORAGE (5.11) would fail the whole load on
-    // 5.8-5.10 kernels, which oomtrace supports.
-    match RECLAIM.get_ptr_mut(&tid) {
-        // SAFETY: this thread's own entry: only this thread writes it, and mark_victim on the same
-        // thread reads it. Should the LRU recycle it meanwhile, the entry carries its timestamp.
-        Some(p) => unsafe { *p = rec },
-        None => {
-            let _ = RECLAIM.insert(&tid, &rec, 0);
-        }
-    }
+    let _ = RECLAIM.insert(&tid, &rec, 0);
 }

@@ -17,13 +17,13 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use oomtrace_common::{
-    ProcSeen, RecordKind, STACK_COPY_MAX, StackConfig, StackCopy, StackCopyHeader, seen_reason, stack_status,
+    ProcSeen, RecordKind, STACK_COPY_MAX, StackConfig, StackCopy, StackCopyHeader, drop_reason, seen_reason,
+    stack_status,
 };
 
 use crate::{
-    cfg,
+    EVENTS, cfg, count_drop,
     kernel::{read, read_ptr},
-    ring,
 };
 
 /// What the loader resolved for the stack and Python readers (frozen `.rodata`).
@@ -152,8 +152,11 @@ pub fn copy_stack(ts_boot_ns: u64) -> bool {
     let total = size_of::<StackCopyHeader>() + len as usize;
     // SAFETY: `total` <= size_of::<StackCopy>(): the header plus at most STACK_COPY_MAX bytes.
     let bytes = unsafe { core::slice::from_raw_parts(slot as *const u8, total.min(size_of::<StackCopy>())) };
-    // Without a wakeup: the `OomKill` record that follows wakes the reader (see ring.rs).
-    ring::output_quiet(bytes)
+    if EVENTS.output(bytes, 0).is_err() {
+        count_drop(drop_reason::RINGBUF_FULL);
+        return false;
+    }
+    true
 }
 
 /// A thread of the current process began memcg reclaim: tell the loader, at most once per
@@ -222,5 +225,7 @@ fn send_seen(tgid: u32, ts_boot_ns: u64, reason: u8) {
     };
     // With a wakeup: the snapshot races the OOM (a memcg reclaim that cannot free anything ends in
     // an OOM within a millisecond or so); the per-process interval bounds how often.
-    ring::output(&rec);
+    if EVENTS.output(&rec, 0).is_err() {
+        count_drop(drop_reason::RINGBUF_FULL);
+    }
 }

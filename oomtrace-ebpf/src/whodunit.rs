@@ -12,21 +12,20 @@
 use aya_ebpf::{
     EbpfContext,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
-        bpf_probe_read_kernel_str_bytes, generated::bpf_probe_read_kernel as probe_read_into,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
+        bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str_bytes,
     },
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use oomtrace_common::{
-    ABSENT, Exit, OomSigkill, RecordKind, Signal, VictimSource,
+    ABSENT, Exit, OomSigkill, RecordKind, Signal, VictimSource, drop_reason,
     signal::{self, SEND_SIG_NOINFO, SEND_SIG_PRIV, SI_KERNEL, SI_USER, SIGKILL},
 };
 
 use crate::{
-    OOM_SIGKILLS, cfg,
-    kernel::{css_id, current_comm, read, read_ptr, task_comm, task_memcg},
-    ring,
+    EVENTS, OOM_SIGKILLS, cfg, count_drop,
+    kernel::{read, read_ptr, task_comm, task_ids},
     tgids::tgid_of,
 };
 
@@ -53,15 +52,10 @@ pub fn signal_generate_btf(ctx: BtfTracePointContext) -> u32 {
     }
     let info: *const u8 = ctx.arg(1);
     let task: *const u8 = ctx.arg(2);
-    let target_tid = read::<i32>(task, cfg!(task_pid)).unwrap_or(0) as u32;
     // SEND_SIG_PRIV itself, not only si_code SI_KERNEL: force_sig() and friends pass a real
     // siginfo with SI_KERNEL too, and are not the OOM killer.
     if sig == SIGKILL && info as usize == SEND_SIG_PRIV {
-        note_oom_sigkill(target_tid);
-    }
-    let target_tgid = read::<i32>(task, cfg!(task_tgid)).unwrap_or(0) as u32;
-    if pid_filtered(target_tid, target_tgid) {
-        return 0;
+        note_oom_sigkill(read::<i32>(task, cfg!(task_pid)).unwrap_or(0) as u32);
     }
     let code = match info as usize {
         SEND_SIG_NOINFO => SI_USER,
@@ -69,9 +63,7 @@ pub fn signal_generate_btf(ctx: BtfTracePointContext) -> u32 {
         _ => read::<i32>(info, cfg!(siginfo_code)).unwrap_or(SI_USER),
     };
     emit_signal(sig, code, ctx.arg(3), ctx.arg(4), VictimSource::TpBtf, |s| {
-        s.target.tid = target_tid;
-        s.target.tgid = target_tgid;
-        s.target.memcg_id = css_id(task_memcg(task));
+        task_ids(task, &mut s.target);
         task_comm(task, &mut s.target.comm);
     })
 }
@@ -84,45 +76,21 @@ pub fn signal_generate_tp(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let code = read::<i32>(tp, cfg!(tp_sig_code)).unwrap_or(SI_USER);
-    let target_tid = read::<i32>(tp, cfg!(tp_sig_pid)).unwrap_or(0) as u32;
     // The classic record has only si_code: TP_STORE_SIGINFO() stores SI_KERNEL for SEND_SIG_PRIV
     // (include/trace/events/signal.h, v6.18).
     if sig == SIGKILL && code == SI_KERNEL {
-        note_oom_sigkill(target_tid);
-    }
-    // The record names the target thread only; its process comes from the tid map.
-    let target_tgid = tgid_of(target_tid);
-    if pid_filtered(target_tid, target_tgid) {
-        return 0;
+        note_oom_sigkill(read::<i32>(tp, cfg!(tp_sig_pid)).unwrap_or(0) as u32);
     }
     let group = read::<i32>(tp, cfg!(tp_sig_group)).unwrap_or(0);
     let result = read::<i32>(tp, cfg!(tp_sig_result)).unwrap_or(0);
     emit_signal(sig, code, group, result, VictimSource::Tracepoint, |s| {
-        s.target.tid = target_tid;
-        s.target.tgid = target_tgid;
-        s.target.memcg_id = 0;
-        let off = cfg!(tp_sig_comm);
-        if off == ABSENT {
-            s.target.comm[0] = 0;
-        } else {
-            // SAFETY: 16 bytes into the record; the helper never faults (zero-fills on error).
-            unsafe {
-                probe_read_into(
-                    s.target.comm.as_mut_ptr().cast(),
-                    16,
-                    tp.wrapping_add(off as usize).cast(),
-                )
-            };
+        // The record names the target thread only; its process comes from the tid map.
+        s.target.tid = read::<i32>(tp, cfg!(tp_sig_pid)).unwrap_or(0) as u32;
+        s.target.tgid = tgid_of(s.target.tid);
+        if let Some(c) = read::<[u8; 16]>(tp, cfg!(tp_sig_comm)) {
+            s.target.comm = c;
         }
     })
-}
-
-/// `--pid` for a signal, before any room is reserved: kept if it goes to that process (its tgid,
-/// or the thread when the tgid is unknown) or comes from it; the loader checks again.
-#[inline(always)]
-fn pid_filtered(target_tid: u32, target_tgid: u32) -> bool {
-    let target = if target_tgid != 0 { target_tgid } else { target_tid };
-    tgid_filtered(target) && tgid_filtered((bpf_get_current_pid_tgid() >> 32) as u32)
 }
 
 /// Remembers a kernel-private SIGKILL from the current thread to `target_tid`, for `mark_victim`
@@ -140,9 +108,6 @@ fn note_oom_sigkill(target_tid: u32) {
     let _ = OOM_SIGKILLS.insert(&tid, &k, 0);
 }
 
-/// Fills and sends a signal record; every field is written (the record is not zeroed). It does
-/// not wake the reader: the death it causes (an `exit`) or the kill it is part of (an `oom_kill`)
-/// does, or the reader's tick (see ring.rs).
 #[inline(always)]
 fn emit_signal(
     sig: i32,
@@ -152,31 +117,45 @@ fn emit_signal(
     source: VictimSource,
     target: impl FnOnce(&mut Signal),
 ) -> u32 {
-    let Some(mut entry) = ring::reserve_quiet::<Signal>() else {
+    let Some(mut entry) = EVENTS.reserve::<Signal>(0) else {
+        count_drop(drop_reason::RINGBUF_FULL);
         return 0;
     };
-    // SAFETY: the reservation holds a Signal, plain data; every field is written below.
-    let s = unsafe { &mut *entry.as_mut_ptr() };
+    let ptr = entry.as_mut_ptr();
+    // SAFETY: the reservation holds a Signal; zeroing makes every field valid.
+    let s = unsafe {
+        core::ptr::write_bytes(ptr, 0, 1);
+        &mut *ptr
+    };
     target(s);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // --pid keeps signals to that process and signals it sends.
+    if tgid_filtered(if s.target.tgid != 0 {
+        s.target.tgid
+    } else {
+        s.target.tid
+    }) && tgid_filtered((pid_tgid >> 32) as u32)
+    {
+        entry.discard(0);
+        return 0;
+    }
     s.kind = RecordKind::Signal as u8;
     s.source = source as u8;
-    s._pad0 = [0; 2];
     s.sig = sig;
     s.code = code;
     s.group = group;
     s.result = result;
     // SAFETY: helpers without preconditions.
     s.ts_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
-    let pid_tgid = bpf_get_current_pid_tgid();
-    s.sender.tid = pid_tgid as u32;
-    s.sender.tgid = (pid_tgid >> 32) as u32;
     // SAFETY: the running task, only read through probe reads.
     let current = unsafe { bpf_get_current_task() } as *const u8;
-    s.sender.memcg_id = css_id(task_memcg(current));
-    current_comm(&mut s.sender.comm);
+    task_ids(current, &mut s.sender);
+    s.sender.tid = pid_tgid as u32;
+    s.sender.tgid = (pid_tgid >> 32) as u32;
+    s.sender.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     s.sender_uid = bpf_get_current_uid_gid() as u32;
     exe_name(current, &mut s.sender_exe);
-    ring::submit_quiet(entry);
+    entry.submit(0);
     0
 }
 
@@ -187,9 +166,9 @@ fn exe_name(task: *const u8, out: &mut [u8; oomtrace_common::EXE_LEN]) {
     let file = read_ptr(mm, cfg!(mm_exe_file));
     let dentry = read_ptr(file, cfg!(file_dentry));
     let name = read_ptr(dentry, cfg!(dentry_name));
-    // SAFETY: bpf_probe_read_kernel_str_bytes never faults. The loader reads up to the NUL.
-    if name.is_null() || unsafe { bpf_probe_read_kernel_str_bytes(name, out) }.is_err() {
-        out[0] = 0;
+    if !name.is_null() {
+        // SAFETY: bpf_probe_read_kernel_str_bytes never faults.
+        let _ = unsafe { bpf_probe_read_kernel_str_bytes(name, out) };
     }
 }
 
@@ -233,26 +212,24 @@ fn exit(group_dead: Option<bool>) -> u32 {
     if tgid_filtered((pid_tgid >> 32) as u32) {
         return 0;
     }
-    let Some(mut entry) = ring::reserve::<Exit>() else {
+    let Some(mut entry) = EVENTS.reserve::<Exit>(0) else {
+        count_drop(drop_reason::RINGBUF_FULL);
         return 0;
     };
-    // SAFETY: the reservation holds an Exit, plain data; every field is written below.
-    let e = unsafe { &mut *entry.as_mut_ptr() };
+    let ptr = entry.as_mut_ptr();
+    // SAFETY: the reservation holds an Exit; zeroing makes every field valid.
+    let e = unsafe {
+        core::ptr::write_bytes(ptr, 0, 1);
+        &mut *ptr
+    };
     e.kind = RecordKind::Exit as u8;
-    for b in &mut e._pad0 {
-        // SAFETY: a byte of the record. Volatile: `[0; 3]` would be a `memset` call.
-        unsafe { core::ptr::write_volatile(b, 0) };
-    }
     e.exit_code = code;
     // SAFETY: helper without preconditions.
     e.ts_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
-    e.task.tid = pid_tgid as u32;
-    e.task.tgid = (pid_tgid >> 32) as u32;
-    e.task.memcg_id = css_id(task_memcg(task));
-    current_comm(&mut e.task.comm);
+    task_ids(task, &mut e.task);
+    e.task.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     let leader = read_ptr(task, cfg!(task_group_leader));
     e.start_boot_ns = read::<u64>(leader, cfg!(task_start_boottime)).unwrap_or(0);
-    // A death ends a kill's story: wake the reader (see ring.rs).
-    ring::submit(entry);
+    entry.submit(0);
     0
 }
