@@ -88,6 +88,14 @@ pub fn mark_victim_tp(ctx: TracePointContext) -> u32 {
         // swap and hiwater included, which the record lacks.
         let same_task = rec.victim.tid == rec.trigger.tid;
         let same_process = rec.victim.tgid != 0 && rec.victim.tgid == rec.trigger.tgid;
+        if same_process && !same_task {
+            // Threads of one process share its memory cgroup (the memory controller is not
+            // threaded in cgroup v2; in v1 charges follow mm->owner): the trigger's is the
+            // victim's. A multi-threaded process whose worker allocated has its main thread
+            // marked, and the record names no cgroup (mm/oom_kill.c, v6.18).
+            rec.victim.memcg_id = rec.trigger.memcg_id;
+            rec.flags |= flags::VICTIM_MEMCG;
+        }
         // SAFETY: the running task, only read through probe reads.
         let current = unsafe { bpf_get_current_task() } as *const u8;
         if same_process && mm_counters(current, &mut rec.victim_mm) {
