@@ -158,6 +158,10 @@ pub struct Session {
     pub cgroup_kills: Option<u64>,
     /// /proc/vmstat oom_kill delta (machine-wide).
     pub vmstat_kills: u64,
+    /// IRQ-work interrupts on all CPUs during the storm (`IWI` of /proc/interrupts): a ring
+    /// buffer's reader wakeup is one (kernel/bpf/ringbuf.c queues an irq_work), so this counts the
+    /// wakeups, plus whatever else the machine queued meanwhile.
+    pub irq_work: Option<u64>,
     pub seconds: f64,
     /// Spawn (= attach) order.
     pub order: Vec<String>,
@@ -219,9 +223,15 @@ pub fn run(workspace: &Path, opts: &Options) -> Result<()> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .map_or_else(|| workspace.join("target").join("bench"), Path::to_owned);
+    // Before and after the build: in a shared tree the sources can change while it runs.
+    let source_before = source_state(workspace);
     let bins = build::build(workspace, &out_dir)?;
     let build_seconds = t_total.elapsed().as_secs_f64();
-    let source = source_state(workspace);
+    let mut source = source_state(workspace);
+    if (&source_before.commit, &source_before.dirty) != (&source.commit, &source.dirty) {
+        eprintln!("bench: warning: the tree changed during the build; the report names both states");
+        source.before_build = Some(Box::new(source_before));
+    }
 
     let _lock = sys::kill_lock()?;
     let t_bench = Instant::now();
@@ -679,6 +689,8 @@ pub struct SourceState {
     pub commit: Option<String>,
     pub subject: Option<String>,
     pub dirty: Vec<String>,
+    /// The state when the build started, if it differed.
+    pub before_build: Option<Box<SourceState>>,
 }
 
 fn source_state(workspace: &Path) -> SourceState {
@@ -710,6 +722,7 @@ fn source_state(workspace: &Path) -> SourceState {
         ])
         .map(|s| s.lines().map(|l| l.trim().to_owned()).collect())
         .unwrap_or_default(),
+        before_build: None,
     }
 }
 
@@ -935,6 +948,7 @@ fn storm_session(ctx: &Ctx<'_>, order: &[&Spec], run: u32, kills: u32, tag: &str
         kills,
         cgroup_kills,
         vmstat_kills: storm.vmstat_kills,
+        irq_work: storm.irq_work,
         seconds: storm.seconds,
         order: order.iter().map(|s| s.id.clone()).collect(),
         obs,
@@ -1035,12 +1049,14 @@ fn cgroup_oom_kills(hierarchy: &Hierarchy, dir: &Path) -> Option<u64> {
 struct Storm {
     pids: Vec<u32>,
     vmstat_kills: u64,
+    irq_work: Option<u64>,
     seconds: f64,
 }
 
 /// Runs `kills` hogs one after the other in the cgroup; each must be OOM-killed.
 fn storm(hog: &Path, cg: &BenchCgroup, kills: u32) -> Result<Storm> {
     let before = sys::vmstat_oom_kills()?;
+    let iwi0 = kernel::irq_work_interrupts();
     let t0 = Instant::now();
     let mut pids = Vec::with_capacity(kills as usize);
     for i in 0..kills {
@@ -1050,9 +1066,13 @@ fn storm(hog: &Path, cg: &BenchCgroup, kills: u32) -> Result<Storm> {
     }
     let seconds = t0.elapsed().as_secs_f64();
     let after = sys::vmstat_oom_kills()?;
+    let irq_work = iwi0
+        .zip(kernel::irq_work_interrupts())
+        .map(|(a, b)| b.saturating_sub(a));
     Ok(Storm {
         pids,
         vmstat_kills: after.saturating_sub(before),
+        irq_work,
         seconds,
     })
 }

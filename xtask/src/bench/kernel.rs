@@ -78,6 +78,17 @@ pub fn boot_minus_mono_ns() -> i64 {
     b as i64 - (a / 2 + c / 2) as i64
 }
 
+/// IRQ-work interrupts so far, all CPUs: the `IWI` line of /proc/interrupts (x86).
+pub fn irq_work_interrupts() -> Option<u64> {
+    parse_irq_work(&fs::read_to_string("/proc/interrupts").ok()?)
+}
+
+fn parse_irq_work(text: &str) -> Option<u64> {
+    let line = text.lines().find_map(|l| l.trim_start().strip_prefix("IWI:"))?;
+    // Per-CPU counts, then the description.
+    Some(line.split_whitespace().map_while(|f| f.parse::<u64>().ok()).sum())
+}
+
 /// One eBPF program a process holds, with its run statistics.
 #[derive(Clone, Debug)]
 pub struct ProgStat {
@@ -259,6 +270,13 @@ pub fn which(name: &str) -> Option<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn irq_work_line() {
+        let text = "           CPU0       CPU1       \n  NMI:          0          0   Non-maskable interrupts\n  IWI:      79834      74583   IRQ work interrupts\n";
+        assert_eq!(parse_irq_work(text), Some(79834 + 74583));
+        assert_eq!(parse_irq_work("CPU0\n"), None);
+    }
+
     use super::*;
 
     #[test]

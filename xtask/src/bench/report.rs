@@ -58,7 +58,13 @@ struct PerKill {
     inclusive: bool,
     /// One of issue 10's targets; the others detail one.
     target: bool,
+    /// Why the figure does not measure what it says this time (then it meets nothing).
+    void: Option<String>,
 }
+
+/// A reader-stopped oomtrace whose storm had more IRQ-work interrupts per kill than this still
+/// woke its reader (e.g. with BPF_RB_FORCE_WAKEUP): its run is not wakeup-free.
+const WAKEUP_FREE_MAX_IRQ_PER_KILL: f64 = 0.5;
 
 /// The contender the targets are about.
 const AUTO: &str = "oomtrace";
@@ -419,6 +425,35 @@ impl Report<'_> {
             .collect()
     }
 
+    /// Per run: IRQ-work interrupts per kill during the contender's solo storm (reader wakeups,
+    /// machine-wide).
+    fn irq_work_per_kill(&self, id: &str) -> Vec<f64> {
+        self.runs
+            .iter()
+            .filter_map(|r| {
+                let (mut irq, mut kills) = (0u64, 0u64);
+                for (s, _) in self.sessions(r, id, Storms::Solo) {
+                    irq += s.irq_work?;
+                    kills += s.kernel_kills();
+                }
+                (kills > 0).then(|| irq as f64 / kills as f64)
+            })
+            .collect()
+    }
+
+    /// Why a reader-stopped contender's figures are not wakeup-free, if they are not.
+    fn not_wakeup_free(&self, id: &str) -> Option<String> {
+        if !self.spec(id)?.freeze {
+            return None;
+        }
+        let irq = Stats::new(self.irq_work_per_kill(id))?.median();
+        (irq > WAKEUP_FREE_MAX_IRQ_PER_KILL).then(|| {
+            format!(
+                "n/a: not wakeup-free, {irq:.2} irq_work interrupts per kill with oomtrace's reader stopped"
+            )
+        })
+    }
+
     /// Every start-up of every run.
     fn startup_all(&self) -> Vec<f64> {
         self.runs
@@ -443,6 +478,7 @@ impl Report<'_> {
             unit: "×",
             inclusive: true,
             target,
+            void: self.not_wakeup_free(a),
         };
         let mut out = vec![
             ratio(
@@ -491,6 +527,7 @@ impl Report<'_> {
                 unit: "×",
                 inclusive: true,
                 target: true,
+                void: None,
             },
             PerKill {
                 key: "all_programs_per_kill_over_like_floor".to_owned(),
@@ -502,6 +539,7 @@ impl Report<'_> {
                 unit: "×",
                 inclusive: true,
                 target: false,
+                void: None,
             },
         ];
         let below = |key: &str, figure: String, values: Vec<f64>, floor: Vec<f64>, limit, target| PerKill {
@@ -514,6 +552,7 @@ impl Report<'_> {
             unit: " ms",
             inclusive: false,
             target,
+            void: None,
         };
         let p99 = |id: &str| self.latency(id, Storms::Solo, |s| s.percentile(99.0));
         out.push(below(
@@ -562,6 +601,30 @@ impl Report<'_> {
             TARGET_STARTUP_MS,
             true,
         ));
+        for (id, what) in [
+            (AUTO, "oomtrace, reader running"),
+            (FROZEN, "oomtrace, reader stopped"),
+        ] {
+            let irq = self.irq_work_per_kill(id);
+            if irq.is_empty() {
+                continue;
+            }
+            let floor = if id == AUTO { FLOOR_LIKE } else { FLOOR_LIKE_NOWAKE };
+            out.push(PerKill {
+                key: format!("irq_work_per_kill_{id}"),
+                figure: format!(
+                    "IRQ-work interrupts per kill (reader wakeups; `IWI` of /proc/interrupts, machine-wide) during                      the solo storm: {what} / {floor}"
+                ),
+                oomtrace: cell(&irq, 2),
+                floor: cell(&self.irq_work_per_kill(floor), 2),
+                values: irq,
+                limit: f64::NAN,
+                unit: "",
+                inclusive: true,
+                target: false,
+                void: Some("–".to_owned()),
+            });
+        }
         out
     }
 
@@ -758,6 +821,15 @@ impl Report<'_> {
         ));
         for p in self.per_kill().into_iter().filter(|p| p.target) {
             let (values, decimals) = (p.values, 2);
+            if let Some(why) = &p.void {
+                out.push((
+                    p.figure.clone(),
+                    format!("{} ({why})", cell(&values, decimals)),
+                    None,
+                    String::new(),
+                ));
+                continue;
+            }
             out.push(below(
                 format!(
                     "{} {} {}{}",
@@ -935,6 +1007,19 @@ impl Report<'_> {
             loadavg3(&self.loadavg.0),
             loadavg3(&self.loadavg.1),
         );
+        if let Some(b) = &self.source.before_build {
+            let _ = writeln!(
+                out,
+                "- **The tree changed during the build**: it started at commit `{}`{}; the binaries hold whichever \
+                 state each crate's build read.\n",
+                b.commit.as_deref().unwrap_or("unknown"),
+                if b.dirty.is_empty() {
+                    String::new()
+                } else {
+                    format!(" with uncommitted {}", b.dirty.join(", "))
+                }
+            );
+        }
 
         let _ = writeln!(
             out,
@@ -954,18 +1039,29 @@ impl Report<'_> {
                     st.median() < p.limit
                 }
             });
-            let target = format!("{} {}{}", if p.inclusive { "≤" } else { "<" }, p.limit, p.unit);
+            let target = if p.limit.is_nan() {
+                "–".to_owned()
+            } else {
+                format!(
+                    "{} {}{}{}",
+                    if p.inclusive { "≤" } else { "<" },
+                    p.limit,
+                    p.unit,
+                    if p.target { "" } else { " (detail)" }
+                )
+            };
+            let met = match &p.void {
+                Some(why) => why.clone(),
+                None => met.map_or("n/a", yes_no).to_owned(),
+            };
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {}{} | {}{} | {} |",
+                "| {} | {} | {} | {}{} | {target} | {met} |",
                 p.figure,
                 p.oomtrace,
                 p.floor,
                 cell(&p.values, decimals),
                 if p.unit == "×" { "×" } else { "" },
-                target,
-                if p.target { "" } else { " (detail)" },
-                met.map_or("n/a", yes_no),
             );
         }
         let all = Stats::new(self.startup_all());
@@ -1233,6 +1329,9 @@ impl Report<'_> {
                 "commit": self.source.commit,
                 "subject": self.source.subject,
                 "dirty": self.source.dirty,
+                "before_build": self.source.before_build.as_ref().map(|b| json!({
+                    "commit": b.commit, "subject": b.subject, "dirty": b.dirty,
+                })),
             },
             "startups_per_run": self.startups,
             "per_kill": self.per_kill().into_iter().map(|p| json!({
@@ -1244,6 +1343,7 @@ impl Report<'_> {
                 "limit": p.limit,
                 "unit": p.unit.trim(),
                 "target": p.target,
+                "void": p.void,
             })).collect::<Vec<_>>(),
             "oomtrace_auto": { "mode": self.lineup.auto_mode, "fallbacks": self.lineup.auto_fallbacks },
             "contenders": self.specs().iter().map(|s| json!({
@@ -1316,6 +1416,7 @@ fn session_json(s: &Session) -> Value {
         "kernel_kills": s.kernel_kills(),
         "cgroup_oom_kills": s.cgroup_kills,
         "vmstat_oom_kill_delta": s.vmstat_kills,
+        "irq_work_interrupts": s.irq_work,
         "seconds": s.seconds,
         "attach_order": s.order,
         "foreign_oom_tracers": s.foreign,
