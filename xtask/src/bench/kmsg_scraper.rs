@@ -16,7 +16,7 @@
 //!   reports per 5 s);
 //! - `{"type":"lost","count":N}` when the kernel's log buffer overwrote records before we read them.
 //!
-//! Stops on SIGINT/SIGTERM (the default action). Exit codes: 1 when /dev/kmsg cannot be read.
+//! Stops on SIGINT/SIGTERM (the default action, set at start). Exit codes: 1 when /dev/kmsg cannot be read.
 
 use std::{
     fs::File,
@@ -178,6 +178,14 @@ fn scrape() -> io::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // Stop on SIGINT/SIGTERM even when started from a shell that ignores them in background jobs
+    // (sh without job control sets SIGINT to SIG_IGN for `cmd &`, and exec keeps an ignored
+    // signal ignored): the bench then waited 30 s and killed this process at every stop.
+    // SAFETY: resetting a disposition to the default has no memory-safety preconditions.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+        libc::signal(libc::SIGTERM, libc::SIG_DFL);
+    }
     match scrape() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,

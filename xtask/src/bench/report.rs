@@ -613,7 +613,8 @@ impl Report<'_> {
             out.push(PerKill {
                 key: format!("irq_work_per_kill_{id}"),
                 figure: format!(
-                    "IRQ-work interrupts per kill (reader wakeups; `IWI` of /proc/interrupts, machine-wide) during                      the solo storm: {what} / {floor}"
+                    "IRQ-work interrupts per kill (reader wakeups; `IWI` of /proc/interrupts, machine-wide) during \
+                     the solo storm: {what} / {floor}"
                 ),
                 oomtrace: cell(&irq, 2),
                 floor: cell(&self.irq_work_per_kill(floor), 2),
@@ -1014,7 +1015,7 @@ impl Report<'_> {
                  state each crate's build read.\n",
                 b.commit.as_deref().unwrap_or("unknown"),
                 if b.dirty.is_empty() {
-                    String::new()
+                    " with no uncommitted changes in the built crates".to_owned()
                 } else {
                     format!(" with uncommitted {}", b.dirty.join(", "))
                 }
